@@ -1,0 +1,310 @@
+//! Join tokens: HS256 JWTs whose `kid` header names the API key that signed them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// Clock skew tolerated when checking `exp` and `nbf`, in seconds.
+pub const CLOCK_SKEW_SECS: u64 = 30;
+
+/// Longest identity, display name or room name a token may carry, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// What a participant is in a meeting; sets the default grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs the meeting: publishes, subscribes, administers.
+    Host,
+    /// Publishes and subscribes.
+    Speaker,
+    /// Watches and listens only (e.g. a citizen at a public hearing).
+    Attendee,
+}
+
+impl Role {
+    /// The grants a token of this role carries unless it says otherwise.
+    pub fn default_grants(self) -> Grants {
+        match self {
+            Role::Host => Grants {
+                publish: true,
+                subscribe: true,
+                admin: true,
+            },
+            Role::Speaker => Grants {
+                publish: true,
+                subscribe: true,
+                admin: false,
+            },
+            Role::Attendee => Grants {
+                publish: false,
+                subscribe: true,
+                admin: false,
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = GrantError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "host" => Ok(Role::Host),
+            "speaker" => Ok(Role::Speaker),
+            "attendee" => Ok(Role::Attendee),
+            other => Err(GrantError::Invalid(format!(
+                "unknown role {other:?} (expected host, speaker or attendee)"
+            ))),
+        }
+    }
+}
+
+/// What a token allows beyond joining its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    pub publish: bool,
+    pub subscribe: bool,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// The claims of a join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// API key id that signed the token (also in the JWT `kid` header).
+    pub iss: String,
+    /// Participant identity, unique within the room.
+    pub sub: String,
+    /// Room the token admits to.
+    pub room: String,
+    /// Display name shown to others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub role: Role,
+    pub grants: Grants,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Not valid before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default)]
+    pub iat: u64,
+}
+
+/// Why a token was refused. The `Display` text is safe to show to the client:
+/// it never contains the token or a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("token is missing")]
+    Missing,
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    #[error("token names no API key (`kid` header missing)")]
+    MissingKeyId,
+    #[error("token is signed with an unknown API key")]
+    UnknownKey,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token uses an unsupported algorithm (only HS256 is accepted)")]
+    BadAlgorithm,
+    #[error("token claims are invalid: {0}")]
+    Invalid(String),
+    #[error("could not sign token: {0}")]
+    Sign(String),
+}
+
+impl GrantError {
+    /// Stable machine-readable code for the HTTP error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GrantError::Missing => "token_missing",
+            GrantError::Malformed(_) | GrantError::MissingKeyId => "token_malformed",
+            GrantError::UnknownKey => "token_unknown_key",
+            GrantError::BadSignature => "token_bad_signature",
+            GrantError::Expired => "token_expired",
+            GrantError::NotYetValid => "token_not_yet_valid",
+            GrantError::BadAlgorithm => "token_bad_algorithm",
+            GrantError::Invalid(_) => "token_invalid",
+            GrantError::Sign(_) => "token_sign_failed",
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Grant {
+    /// A grant for `identity` in `room` with the role's default grants, valid for `ttl_secs`.
+    pub fn new(api_key: &str, room: &str, identity: &str, role: Role, ttl_secs: u64) -> Grant {
+        let now = unix_now();
+        Grant {
+            iss: api_key.to_owned(),
+            sub: identity.to_owned(),
+            room: room.to_owned(),
+            name: None,
+            role,
+            grants: role.default_grants(),
+            exp: now.saturating_add(ttl_secs),
+            nbf: None,
+            iat: now,
+        }
+    }
+
+    /// Whether this participant may publish media: the grant must allow it and
+    /// attendees never publish, whatever the grant says.
+    pub fn can_publish(&self) -> bool {
+        self.grants.publish && self.role != Role::Attendee
+    }
+
+    fn validate_fields(&self) -> Result<(), GrantError> {
+        for (what, value) in [("room", &self.room), ("identity (sub)", &self.sub)] {
+            if value.is_empty() {
+                return Err(GrantError::Invalid(format!("{what} is empty")));
+            }
+            if value.len() > MAX_NAME_BYTES {
+                return Err(GrantError::Invalid(format!(
+                    "{what} is longer than {MAX_NAME_BYTES} bytes"
+                )));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(GrantError::Invalid(format!(
+                    "{what} contains control characters"
+                )));
+            }
+        }
+        if self.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
+            return Err(GrantError::Invalid(format!(
+                "name is longer than {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sign this grant as a JWT with the API key `kid` and its `secret`.
+    pub fn mint(&self, kid: &str, secret: &[u8]) -> Result<String, GrantError> {
+        self.validate_fields()?;
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, self, &EncodingKey::from_secret(secret))
+            .map_err(|e| GrantError::Sign(e.to_string()))
+    }
+
+    /// Verify a token. `secret_for` maps an API key id to its secret.
+    pub fn verify<'s>(
+        token: &str,
+        secret_for: impl Fn(&str) -> Option<&'s [u8]>,
+    ) -> Result<Grant, GrantError> {
+        if token.is_empty() {
+            return Err(GrantError::Missing);
+        }
+        // A JWT longer than this is not one of ours; refuse before parsing.
+        if token.len() > 8 * 1024 {
+            return Err(GrantError::Malformed("token is too long".into()));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| map_jwt_error(&e))?;
+        if header.alg != Algorithm::HS256 {
+            return Err(GrantError::BadAlgorithm);
+        }
+        let kid = header.kid.ok_or(GrantError::MissingKeyId)?;
+        let secret = secret_for(&kid).ok_or(GrantError::UnknownKey)?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = CLOCK_SKEW_SECS;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data =
+            jsonwebtoken::decode::<Grant>(token, &DecodingKey::from_secret(secret), &validation)
+                .map_err(|e| map_jwt_error(&e))?;
+        let grant = data.claims;
+        if grant.iss != kid {
+            return Err(GrantError::Invalid(
+                "issuer does not match the signing key id".into(),
+            ));
+        }
+        grant.validate_fields()?;
+        Ok(grant)
+    }
+}
+
+fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> GrantError {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => GrantError::Expired,
+        ErrorKind::ImmatureSignature => GrantError::NotYetValid,
+        ErrorKind::InvalidSignature => GrantError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => GrantError::BadAlgorithm,
+        ErrorKind::MissingRequiredClaim(c) => {
+            GrantError::Invalid(format!("required claim {c:?} is missing"))
+        }
+        ErrorKind::Json(e) => GrantError::Invalid(e.to_string()),
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+            GrantError::Malformed("not a JWT (expected three base64url parts)".into())
+        }
+        other => GrantError::Malformed(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn lookup(kid: &str) -> Option<&'static [u8]> {
+        (kid == "key1").then_some(SECRET)
+    }
+
+    #[test]
+    fn minted_token_verifies_with_its_key() {
+        let mut g = Grant::new("key1", "room-a", "alice", Role::Speaker, 60);
+        g.name = Some("Alice".into());
+        let t = g.mint("key1", SECRET).unwrap();
+        assert_eq!(Grant::verify(&t, lookup).unwrap(), g);
+    }
+
+    #[test]
+    fn expired_token_is_refused() {
+        let mut g = Grant::new("key1", "r", "a", Role::Host, 0);
+        g.exp = unix_now() - 3600;
+        let t = g.mint("key1", SECRET).unwrap();
+        assert_eq!(Grant::verify(&t, lookup), Err(GrantError::Expired));
+    }
+
+    #[test]
+    fn token_signed_with_other_secret_is_refused() {
+        let g = Grant::new("key1", "r", "a", Role::Host, 60);
+        let t = g
+            .mint("key1", b"another secret entirely, 32 bytes")
+            .unwrap();
+        assert_eq!(Grant::verify(&t, lookup), Err(GrantError::BadSignature));
+    }
+
+    #[test]
+    fn unknown_key_and_garbage_are_refused() {
+        let g = Grant::new("key2", "r", "a", Role::Host, 60);
+        let t = g.mint("key2", SECRET).unwrap();
+        assert_eq!(Grant::verify(&t, lookup), Err(GrantError::UnknownKey));
+        assert!(matches!(
+            Grant::verify("not-a-jwt", lookup),
+            Err(GrantError::Malformed(_))
+        ));
+        assert_eq!(Grant::verify("", lookup), Err(GrantError::Missing));
+    }
+
+    #[test]
+    fn attendee_cannot_publish_even_if_granted() {
+        let mut g = Grant::new("key1", "r", "a", Role::Attendee, 60);
+        assert!(!g.can_publish());
+        g.grants.publish = true;
+        assert!(!g.can_publish());
+    }
+}

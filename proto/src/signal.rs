@@ -1,0 +1,283 @@
+//! Signals: the JSON messages of the WebSocket protocol, version 1.
+//!
+//! Every message is an object with a `"type"` field. See `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::grant::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Microphone,
+    Camera,
+    ScreenShare,
+    ScreenShareAudio,
+    Unknown,
+}
+
+impl TrackSource {
+    pub fn default_for(kind: MediaKind) -> TrackSource {
+        match kind {
+            MediaKind::Audio => TrackSource::Microphone,
+            MediaKind::Video => TrackSource::Camera,
+        }
+    }
+}
+
+/// A client's description of one m-line it publishes, sent with its offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedTrack {
+    pub mid: String,
+    pub kind: MediaKind,
+    #[serde(default = "unknown_source")]
+    pub source: TrackSource,
+}
+
+fn unknown_source() -> TrackSource {
+    TrackSource::Unknown
+}
+
+/// A published track as the room sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub id: String,
+    pub participant_id: String,
+    pub kind: MediaKind,
+    pub source: TrackSource,
+    pub muted: bool,
+    /// Which m-line of the publisher's own connection carries it.
+    pub mid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Server-assigned, unique per connection.
+    pub id: String,
+    /// From the join token; unique within the room.
+    pub identity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub role: Role,
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// Maps an m-line of a server offer to the track it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedTrack {
+    pub mid: String,
+    pub track_id: String,
+    pub participant_id: String,
+    pub kind: MediaKind,
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientSignal {
+    /// First message: the protocol version the client speaks.
+    Join {
+        v: u32,
+    },
+    /// Client offer: publishes the tracks described (one per sending m-line).
+    Offer {
+        sdp: String,
+        #[serde(default)]
+        tracks: Vec<PublishedTrack>,
+    },
+    /// Answer to the server offer with the same `id`.
+    Answer {
+        id: u64,
+        sdp: String,
+    },
+    Mute {
+        track_id: String,
+        muted: bool,
+    },
+    Unpublish {
+        track_id: String,
+    },
+    Leave,
+    Ping {
+        ts: u64,
+    },
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerSignal {
+    Joined {
+        v: u32,
+        room: String,
+        participant: ParticipantInfo,
+        /// Everyone else already in the room, with their tracks.
+        participants: Vec<ParticipantInfo>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: String,
+        reason: String,
+    },
+    TrackPublished {
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        track_id: String,
+        participant_id: String,
+    },
+    TrackMuted {
+        track_id: String,
+        participant_id: String,
+        muted: bool,
+    },
+    /// Server offer: adds or removes the tracks this participant receives.
+    Offer {
+        id: u64,
+        sdp: String,
+        tracks: Vec<SubscribedTrack>,
+    },
+    /// Answer to the client's offer; `tracks` gives the id assigned to each published m-line.
+    Answer {
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    },
+    Pong {
+        ts: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a valid message. Fatal.
+    BadMessage,
+    /// A `type` this protocol version does not have.
+    UnknownType,
+    /// `join.v` is not a supported version. Fatal.
+    UnsupportedVersion,
+    /// A message over the size limit. Fatal.
+    MessageTooLarge,
+    /// A message other than `join` before `join`.
+    NotJoined,
+    AlreadyJoined,
+    /// The token does not allow publishing.
+    PublishNotAllowed,
+    /// The SDP could not be parsed or negotiated.
+    BadSdp,
+    /// The answer refers to an offer that is no longer current.
+    StaleAnswer,
+    UnknownTrack,
+    /// Too many messages. Fatal when sustained.
+    RateLimited,
+    RoomFull,
+    /// Another connection joined with the same identity. Fatal.
+    DuplicateIdentity,
+    /// Nothing arrived for too long. Fatal.
+    Timeout,
+    /// The server failed. Fatal.
+    Internal,
+}
+
+impl ClientSignal {
+    /// Parse a client message, telling apart broken JSON, unknown types and bad fields.
+    pub fn parse(text: &str) -> Result<ClientSignal, (ErrorCode, String)> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| (ErrorCode::BadMessage, format!("not valid JSON: {e}")))?;
+        let Some(kind) = value
+            .get("type")
+            .and_then(|t| t.as_str())
+            .map(str::to_owned)
+        else {
+            return Err((
+                ErrorCode::BadMessage,
+                "message must be an object with a string \"type\"".into(),
+            ));
+        };
+        const KNOWN: [&str; 7] = [
+            "join",
+            "offer",
+            "answer",
+            "mute",
+            "unpublish",
+            "leave",
+            "ping",
+        ];
+        if !KNOWN.contains(&kind.as_str()) {
+            let mut shown: String = kind.chars().take(40).collect();
+            if shown.len() < kind.len() {
+                shown.push('…');
+            }
+            return Err((
+                ErrorCode::UnknownType,
+                format!("unknown message type {shown:?}"),
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| {
+            (
+                ErrorCode::BadMessage,
+                format!("invalid {kind} message: {e}"),
+            )
+        })
+    }
+}
+
+impl ServerSignal {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerSignal {
+        ServerSignal::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail; fall back to a fixed error anyway.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialization failed"}"#.into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_distinguishes_bad_json_unknown_type_and_bad_fields() {
+        assert_eq!(
+            ClientSignal::parse("{").unwrap_err().0,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            ClientSignal::parse(r#"{"type":"dance"}"#).unwrap_err().0,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            ClientSignal::parse(r#"{"type":"join"}"#).unwrap_err().0,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            ClientSignal::parse(r#"{"type":"join","v":1}"#).unwrap(),
+            ClientSignal::Join { v: 1 }
+        );
+    }
+
+    #[test]
+    fn server_error_serializes_with_type_code_message() {
+        let s = ServerSignal::error(ErrorCode::BadSdp, "nope").to_json();
+        assert_eq!(s, r#"{"type":"error","code":"bad_sdp","message":"nope"}"#);
+    }
+}

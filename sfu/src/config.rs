@@ -1,0 +1,37 @@
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Media plane settings.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Address the UDP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Address announced in ICE candidates (the public address behind NAT);
+    /// `None` announces `bind_ip`.
+    pub public_ip: Option<IpAddr>,
+    /// UDP port of the first worker; worker `i` takes `first_port + i`.
+    /// 0 lets the OS choose a port per worker (tests).
+    pub first_port: u16,
+    /// Number of workers (threads, one UDP socket each).
+    pub workers: usize,
+    /// Most participants one room admits.
+    pub max_participants_per_room: usize,
+    /// A participant whose media connection has not come up (or has been lost)
+    /// for this long is removed.
+    pub media_timeout: Duration,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            public_ip: None,
+            first_port: 7881,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            max_participants_per_room: 250,
+            media_timeout: Duration::from_secs(30),
+        }
+    }
+}

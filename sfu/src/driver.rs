@@ -1,0 +1,211 @@
+//! The IO edge: one thread per worker, each with its own UDP socket, its own
+//! single-threaded tokio runtime and the clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info};
+
+use crate::SfuError;
+use crate::command::Command;
+use crate::config::SfuConfig;
+use crate::worker::Worker;
+
+/// Commands queued per worker before senders wait.
+const COMMAND_QUEUE: usize = 4096;
+/// Largest datagram read; anything longer is truncated and then fails to parse.
+const RECV_BUFFER: usize = 2048;
+/// Datagrams read in one go before timers and commands get a turn.
+const RECV_BATCH: usize = 64;
+
+/// Live numbers of one worker, readable from any thread.
+#[derive(Debug, Default)]
+pub struct WorkerGauges {
+    pub participants: AtomicU64,
+    pub rooms: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    pub datagrams_dropped: AtomicU64,
+    pub rtp_forwarded: AtomicU64,
+}
+
+/// How signaling reaches one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    pub index: usize,
+    /// The bound UDP address.
+    pub local_addr: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    pub gauges: Arc<WorkerGauges>,
+}
+
+impl WorkerHandle {
+    /// Queue a command; fails only when the worker has stopped.
+    pub async fn send(&self, command: Command) -> Result<(), Command> {
+        self.commands.send(command).await.map_err(|e| e.0)
+    }
+
+    /// Queue a command without waiting (for use from `Drop`).
+    pub fn try_send(&self, command: Command) -> bool {
+        self.commands.try_send(command).is_ok()
+    }
+}
+
+/// All workers of this node.
+#[derive(Debug)]
+pub struct MediaPlane {
+    pub workers: Vec<WorkerHandle>,
+}
+
+impl MediaPlane {
+    /// Bind every worker's socket, then start the worker threads.
+    pub fn start(config: SfuConfig) -> Result<MediaPlane, SfuError> {
+        if config.workers == 0 {
+            return Err(SfuError::Config("at least one worker is needed".into()));
+        }
+        let provider = str0m::crypto::from_feature_flags();
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or(SfuError::Certificate)?;
+        let mut workers = Vec::with_capacity(config.workers);
+        for index in 0..config.workers {
+            let port = if config.first_port == 0 {
+                0
+            } else {
+                config
+                    .first_port
+                    .checked_add(index as u16)
+                    .ok_or_else(|| SfuError::Config("media port range overflows".into()))?
+            };
+            let addr = SocketAddr::new(config.bind_ip, port);
+            let std_socket = std::net::UdpSocket::bind(addr)
+                .map_err(|source| SfuError::Bind { addr, source })?;
+            std_socket
+                .set_nonblocking(true)
+                .map_err(|source| SfuError::Bind { addr, source })?;
+            let local_addr = std_socket
+                .local_addr()
+                .map_err(|source| SfuError::Bind { addr, source })?;
+            let candidate_addr = SocketAddr::new(
+                config.public_ip.unwrap_or(config.bind_ip),
+                local_addr.port(),
+            );
+            let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+            let gauges = Arc::new(WorkerGauges::default());
+            let worker = Worker::new(config.clone(), local_addr, candidate_addr, cert.clone());
+            let g = gauges.clone();
+            std::thread::Builder::new()
+                .name(format!("stamma-worker-{index}"))
+                .spawn(move || run_worker(index, worker, std_socket, rx, g))
+                .map_err(SfuError::Thread)?;
+            info!(worker = index, addr = %local_addr, candidate = %candidate_addr, "media worker started");
+            workers.push(WorkerHandle {
+                index,
+                local_addr,
+                commands: tx,
+                gauges,
+            });
+        }
+        Ok(MediaPlane { workers })
+    }
+}
+
+fn run_worker(
+    index: usize,
+    worker: Worker,
+    socket: std::net::UdpSocket,
+    commands: mpsc::Receiver<Command>,
+    gauges: Arc<WorkerGauges>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(worker = index, error = %e, "could not start worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let socket = match UdpSocket::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(worker = index, error = %e, "could not register worker socket");
+                return;
+            }
+        };
+        worker_loop(index, worker, socket, commands, gauges).await;
+    });
+}
+
+async fn worker_loop(
+    index: usize,
+    mut worker: Worker,
+    socket: UdpSocket,
+    mut commands: mpsc::Receiver<Command>,
+    gauges: Arc<WorkerGauges>,
+) {
+    let mut buf = vec![0u8; RECV_BUFFER];
+    loop {
+        let deadline = worker.next_timeout(Instant::now());
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                match r {
+                    Ok((n, source)) => {
+                        worker.handle_datagram(Instant::now(), source, &buf[..n]);
+                        // Drain what else is queued before looking at timers.
+                        for _ in 1..RECV_BATCH {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, source)) => worker.handle_datagram(Instant::now(), source, &buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    // ICMP port unreachable and the like surface here on Linux; not fatal.
+                    Err(e) => debug!(worker = index, error = %e, "recv failed"),
+                }
+            }
+            c = commands.recv() => {
+                match c {
+                    Some(c) => worker.handle_command(Instant::now(), c),
+                    None => break,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                worker.handle_timeout(Instant::now());
+            }
+        }
+        for t in worker.outbox().drain(..) {
+            let r = match socket.try_send_to(&t.contents, t.destination) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    socket.send_to(&t.contents, t.destination).await
+                }
+                r => r,
+            };
+            if let Err(e) = r {
+                debug!(worker = index, error = %e, to = %t.destination, "send failed");
+            }
+        }
+        let s = worker.stats();
+        gauges
+            .participants
+            .store(worker.participant_count() as u64, Ordering::Relaxed);
+        gauges
+            .rooms
+            .store(worker.room_count() as u64, Ordering::Relaxed);
+        gauges.datagrams_in.store(s.datagrams_in, Ordering::Relaxed);
+        gauges
+            .datagrams_dropped
+            .store(s.datagrams_dropped, Ordering::Relaxed);
+        gauges
+            .rtp_forwarded
+            .store(s.rtp_forwarded, Ordering::Relaxed);
+    }
+    info!(worker = index, "media worker stopped");
+}

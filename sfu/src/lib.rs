@@ -1,0 +1,39 @@
+//! The Stämma media plane: a selective forwarding unit on str0m.
+//!
+//! The core ([`Worker`], [`room`], [`participant`], [`track`], [`subscription`],
+//! [`forwarder`]) is sans-IO: it takes datagrams, commands and the current time
+//! and returns datagrams to send and signals for participants. The UDP socket,
+//! the thread and the clock live in [`driver`].
+
+pub mod command;
+pub mod config;
+pub mod demux;
+pub mod driver;
+pub mod forwarder;
+pub mod keyframe;
+pub mod participant;
+pub mod room;
+pub mod subscription;
+pub mod track;
+pub mod worker;
+
+pub use command::{Command, JoinRequest, ToParticipant};
+pub use config::SfuConfig;
+pub use driver::{MediaPlane, WorkerHandle};
+pub use worker::Worker;
+
+/// Errors starting the media plane.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error("could not bind media UDP port {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("could not start worker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("could not generate the DTLS certificate")]
+    Certificate,
+    #[error("invalid media configuration: {0}")]
+    Config(String),
+}

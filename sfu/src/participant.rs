@@ -1,0 +1,177 @@
+//! One client connection: its str0m `Rtc`, what it publishes and receives,
+//! and where its SDP negotiation stands.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand::Rng;
+use stamma_proto::{ParticipantInfo, PublishedTrack, Role, ServerSignal, SubscribedTrack};
+use str0m::change::SdpPendingOffer;
+use str0m::config::DtlsCert;
+use str0m::media::Mid;
+use str0m::{Candidate, IceCreds, Rtc};
+use tokio::sync::mpsc;
+
+use crate::command::{JoinRequest, ToParticipant};
+use crate::subscription::{Subscription, SubscriptionState};
+use crate::track::Track;
+
+/// A server offer waiting for the client's answer.
+pub struct PendingOffer {
+    pub id: u64,
+    pub offer: SdpPendingOffer,
+}
+
+pub struct Participant {
+    pub id: String,
+    pub room: String,
+    pub identity: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    /// Remote addresses this participant's datagrams came from (for the demux).
+    pub addrs: Vec<SocketAddr>,
+    pub published: Vec<Track>,
+    /// What the client said about the m-lines of its latest offer.
+    pub announced: Vec<PublishedTrack>,
+    pub subscriptions: Vec<Subscription>,
+    pub pending_offer: Option<PendingOffer>,
+    pub next_offer_id: u64,
+    pub joined_at: Instant,
+    pub connected: bool,
+    /// Since when the media connection has been down (or never up).
+    pub down_since: Option<Instant>,
+    pub next_timeout: Option<Instant>,
+    signals: mpsc::Sender<ToParticipant>,
+    /// Set when the signal queue overflowed or the session went away.
+    pub signal_failed: bool,
+}
+
+pub fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+impl Participant {
+    pub fn new(
+        req: JoinRequest,
+        cert: &DtlsCert,
+        candidate: SocketAddr,
+        now: Instant,
+    ) -> Result<Participant, String> {
+        let ufrag = random_token(16);
+        let creds = IceCreds {
+            ufrag: ufrag.clone(),
+            pass: random_token(32),
+        };
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_dtls_cert(cert.clone())
+            .set_local_ice_credentials(creds)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .set_stats_interval(None)
+            .build(now);
+        let cand = Candidate::host(candidate, "udp").map_err(|e| e.to_string())?;
+        rtc.add_local_candidate(cand);
+        Ok(Participant {
+            id: req.participant_id,
+            room: req.room,
+            identity: req.identity,
+            name: req.name,
+            role: req.role,
+            can_publish: req.can_publish,
+            can_subscribe: req.can_subscribe,
+            rtc,
+            ufrag,
+            addrs: Vec::new(),
+            published: Vec::new(),
+            announced: Vec::new(),
+            subscriptions: Vec::new(),
+            pending_offer: None,
+            next_offer_id: 1,
+            joined_at: now,
+            connected: false,
+            down_since: Some(now),
+            next_timeout: Some(now),
+            signals: req.signals,
+            signal_failed: false,
+        })
+    }
+
+    pub fn info(&self) -> ParticipantInfo {
+        ParticipantInfo {
+            id: self.id.clone(),
+            identity: self.identity.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            tracks: self.published.iter().map(|t| t.info(&self.id)).collect(),
+        }
+    }
+
+    /// Queue a signal for the session. A full queue marks the participant for
+    /// removal instead of blocking the worker.
+    pub fn send(&mut self, signal: ServerSignal) {
+        if self.signal_failed {
+            return;
+        }
+        if self
+            .signals
+            .try_send(ToParticipant::Signal(signal))
+            .is_err()
+        {
+            self.signal_failed = true;
+        }
+    }
+
+    pub fn close(&mut self, code: stamma_proto::ErrorCode, message: String) {
+        let _ = self.signals.try_send(ToParticipant::Close(code, message));
+        self.signal_failed = true;
+    }
+
+    pub fn track_by_mid(&mut self, mid: Mid) -> Option<&mut Track> {
+        self.published.iter_mut().find(|t| t.mid == mid)
+    }
+
+    pub fn subscription_by_mid(&mut self, mid: Mid) -> Option<&mut Subscription> {
+        self.subscriptions.iter_mut().find(|s| s.mid == Some(mid))
+    }
+
+    /// The m-line → track map of everything this participant receives.
+    pub fn subscribed_tracks(&self) -> Vec<SubscribedTrack> {
+        self.subscriptions
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    SubscriptionState::Offered | SubscriptionState::Active
+                )
+            })
+            .filter_map(|s| {
+                Some(SubscribedTrack {
+                    mid: s.mid?.to_string(),
+                    track_id: s.track_id.clone(),
+                    participant_id: s.publisher_id.clone(),
+                    kind: s.kind,
+                })
+            })
+            .collect()
+    }
+
+    pub fn needs_offer(&self) -> bool {
+        self.subscriptions.iter().any(|s| {
+            matches!(
+                s.state,
+                SubscriptionState::Wanted | SubscriptionState::Removing
+            )
+        })
+    }
+}

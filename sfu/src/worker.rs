@@ -1,0 +1,1017 @@
+//! The sans-IO worker: owns its rooms and participants, takes datagrams,
+//! commands and time, and produces datagrams to send and signals.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use stamma_proto::{
+    ClientSignal, ErrorCode, MediaKind, PROTOCOL_VERSION, PublishedTrack, ServerSignal, TrackSource,
+};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::config::DtlsCert;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind as RtcKind, Mid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Event, IceConnectionState, Input, Output};
+use tracing::{debug, info, warn};
+
+use crate::command::{Command, JoinRequest};
+use crate::config::SfuConfig;
+use crate::demux::{Demux, ParticipantKey};
+use crate::forwarder::Forward;
+use crate::keyframe::vp8_starts_keyframe;
+use crate::participant::{Participant, PendingOffer};
+use crate::room::Room;
+use crate::subscription::{Subscription, SubscriptionState};
+use crate::track::Track;
+
+/// How often the worker wakes up with nothing else to do, to check timeouts.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// Remote addresses remembered per participant (ICE may try several).
+const MAX_ADDRS_PER_PARTICIPANT: usize = 8;
+/// Bound on polling rounds per input, so a bug cannot spin the worker.
+const MAX_POLL_ROUNDS: usize = 100_000;
+
+/// Counters a driver can export.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerStats {
+    pub datagrams_in: u64,
+    /// Datagrams that belonged to no participant or did not parse.
+    pub datagrams_dropped: u64,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub participants_panicked: u64,
+}
+
+pub struct Worker {
+    config: SfuConfig,
+    /// The socket's own address (destination of received datagrams).
+    local_addr: SocketAddr,
+    /// The address announced in ICE candidates.
+    candidate_addr: SocketAddr,
+    cert: DtlsCert,
+    participants: Vec<Option<Participant>>,
+    free: Vec<ParticipantKey>,
+    by_id: HashMap<String, ParticipantKey>,
+    rooms: HashMap<String, Room>,
+    demux: Demux,
+    outbox: Vec<Transmit>,
+    dirty: Vec<ParticipantKey>,
+    doomed: Vec<(ParticipantKey, ErrorCode, String)>,
+    stats: WorkerStats,
+}
+
+impl Worker {
+    pub fn new(
+        config: SfuConfig,
+        local_addr: SocketAddr,
+        candidate_addr: SocketAddr,
+        cert: DtlsCert,
+    ) -> Worker {
+        Worker {
+            config,
+            local_addr,
+            candidate_addr,
+            cert,
+            participants: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            rooms: HashMap::new(),
+            demux: Demux::default(),
+            outbox: Vec::new(),
+            dirty: Vec::new(),
+            doomed: Vec::new(),
+            stats: WorkerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        self.stats
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Datagrams to send; the driver drains this after every input.
+    pub fn outbox(&mut self) -> &mut Vec<Transmit> {
+        &mut self.outbox
+    }
+
+    /// When the worker next needs [`Worker::handle_timeout`].
+    pub fn next_timeout(&self, now: Instant) -> Instant {
+        let mut next = now + HOUSEKEEPING;
+        for p in self.participants.iter().flatten() {
+            if let Some(t) = p.next_timeout
+                && t < next
+            {
+                next = t;
+            }
+        }
+        next
+    }
+
+    fn get(&mut self, key: ParticipantKey) -> Option<&mut Participant> {
+        self.participants.get_mut(key).and_then(|p| p.as_mut())
+    }
+
+    fn mark_dirty(&mut self, key: ParticipantKey) {
+        if !self.dirty.contains(&key) {
+            self.dirty.push(key);
+        }
+    }
+
+    // ---- inputs -------------------------------------------------------
+
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        self.stats.datagrams_in += 1;
+        let Some((key, new_addr)) = self.demux.route(source, data) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.local_addr, data) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let input = Input::Receive(now, receive);
+        let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        if new_addr {
+            if !p.rtc.accepts(&input) {
+                self.stats.datagrams_dropped += 1;
+                return;
+            }
+            if p.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
+                let old = p.addrs.remove(0);
+                self.demux.remove("", &[old]);
+            }
+            p.addrs.push(source);
+            self.demux.add_addr(source, key);
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(input)));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(participant = %p.id, error = %e, "datagram rejected");
+                self.stats.datagrams_dropped += 1;
+            }
+            Err(_) => {
+                self.panicked(key);
+            }
+        }
+        self.mark_dirty(key);
+        self.settle(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for key in 0..self.participants.len() {
+            let Some(p) = self.participants[key].as_mut() else {
+                continue;
+            };
+            if let Some(since) = p.down_since
+                && now.saturating_duration_since(since) >= self.config.media_timeout
+            {
+                let what = if p.connected {
+                    "media connection lost"
+                } else {
+                    "media connection never came up"
+                };
+                self.doomed.push((key, ErrorCode::Timeout, what.into()));
+                continue;
+            }
+            if p.next_timeout.is_some_and(|t| t <= now) {
+                let r = catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(Input::Timeout(now))));
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        debug!(participant = %p.id, error = %e, "timeout handling failed")
+                    }
+                    Err(_) => self.panicked(key),
+                }
+                self.mark_dirty(key);
+            }
+        }
+        self.settle(now);
+    }
+
+    pub fn handle_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Join(req) => self.join(now, *req),
+            Command::Signal {
+                participant_id,
+                signal,
+            } => {
+                let Some(&key) = self.by_id.get(&participant_id) else {
+                    return;
+                };
+                self.signal(now, key, signal);
+            }
+            Command::Leave {
+                participant_id,
+                reason,
+            } => {
+                if let Some(&key) = self.by_id.get(&participant_id) {
+                    self.remove(key, &reason);
+                }
+            }
+        }
+        self.settle(now);
+    }
+
+    // ---- participants -------------------------------------------------
+
+    fn join(&mut self, now: Instant, req: JoinRequest) {
+        if self.by_id.contains_key(&req.participant_id) {
+            return;
+        }
+        let full = self
+            .rooms
+            .get(&req.room)
+            .is_some_and(|r| r.participants.len() >= self.config.max_participants_per_room);
+        if full {
+            let _ = req.signals.try_send(crate::ToParticipant::Close(
+                ErrorCode::RoomFull,
+                format!(
+                    "room is full ({} participants)",
+                    self.config.max_participants_per_room
+                ),
+            ));
+            return;
+        }
+        // One identity, one connection: the newer one wins (a reload or a second tab).
+        let existing = self.rooms.get(&req.room).and_then(|r| {
+            r.participants.iter().copied().find(|k| {
+                self.participants[*k]
+                    .as_ref()
+                    .is_some_and(|p| p.identity == req.identity)
+            })
+        });
+        if let Some(old) = existing {
+            if let Some(p) = self.get(old) {
+                p.close(
+                    ErrorCode::DuplicateIdentity,
+                    "the same identity joined from another connection".into(),
+                );
+            }
+            self.remove(old, "replaced by a newer connection");
+        }
+        let signals = req.signals.clone();
+        let mut p = match Participant::new(req, &self.cert, self.candidate_addr, now) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "could not create participant");
+                let _ = signals.try_send(crate::ToParticipant::Close(
+                    ErrorCode::Internal,
+                    "could not set up the media connection".into(),
+                ));
+                return;
+            }
+        };
+        let room_name = p.room.clone();
+        let room = self
+            .rooms
+            .entry(room_name.clone())
+            .or_insert_with(|| Room::new(room_name.clone()));
+        let mut others = Vec::with_capacity(room.participants.len());
+        for &k in &room.participants {
+            if let Some(o) = self.participants[k].as_ref() {
+                others.push(o.info());
+            }
+        }
+        let key = match self.free.pop() {
+            Some(k) => k,
+            None => {
+                self.participants.push(None);
+                self.participants.len() - 1
+            }
+        };
+        if p.can_subscribe {
+            for &k in &room.participants {
+                if let Some(o) = self.participants[k].as_ref() {
+                    for t in &o.published {
+                        p.subscriptions.push(Subscription::new(
+                            t.id.clone(),
+                            k,
+                            o.id.clone(),
+                            t.mid,
+                            t.kind,
+                        ));
+                    }
+                }
+            }
+        }
+        p.send(ServerSignal::Joined {
+            v: PROTOCOL_VERSION,
+            room: room_name.clone(),
+            participant: p.info(),
+            participants: others,
+        });
+        let info = p.info();
+        info!(participant = %p.id, room = %room_name, role = ?p.role, "participant joined");
+        room.participants.push(key);
+        self.demux.add_ufrag(p.ufrag.clone(), key);
+        self.by_id.insert(p.id.clone(), key);
+        self.participants[key] = Some(p);
+        self.broadcast(&room_name, key, |_| ServerSignal::ParticipantJoined {
+            participant: info.clone(),
+        });
+        self.maybe_offer(key);
+        self.mark_dirty(key);
+    }
+
+    /// Send a signal to everyone in `room` except `except`.
+    fn broadcast(
+        &mut self,
+        room: &str,
+        except: ParticipantKey,
+        make: impl Fn(&Participant) -> ServerSignal,
+    ) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        for &k in &r.participants {
+            if k == except {
+                continue;
+            }
+            if let Some(p) = self.participants[k].as_mut() {
+                let s = make(p);
+                p.send(s);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: ParticipantKey, reason: &str) {
+        let Some(mut p) = self.participants.get_mut(key).and_then(|p| p.take()) else {
+            return;
+        };
+        self.free.push(key);
+        self.by_id.remove(&p.id);
+        self.demux.remove(&p.ufrag, &p.addrs);
+        self.dirty.retain(|k| *k != key);
+        p.rtc.disconnect();
+        info!(participant = %p.id, room = %p.room, reason, "participant left");
+        let tracks: Vec<(String, Mid)> =
+            p.published.iter().map(|t| (t.id.clone(), t.mid)).collect();
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.remove(key);
+        }
+        for (track_id, mid) in tracks {
+            self.unpublish_from_room(&p.room, key, &p.id, &track_id, mid);
+        }
+        let id = p.id.clone();
+        let reason = reason.to_owned();
+        self.broadcast(&p.room, key, |_| ServerSignal::ParticipantLeft {
+            participant_id: id.clone(),
+            reason: reason.clone(),
+        });
+        if self
+            .rooms
+            .get(&p.room)
+            .is_some_and(|r| r.participants.is_empty())
+        {
+            self.rooms.remove(&p.room);
+            debug!(room = %p.room, "room closed");
+        }
+    }
+
+    fn panicked(&mut self, key: ParticipantKey) {
+        self.stats.participants_panicked += 1;
+        warn!(key, "participant's media stack panicked; removing it");
+        self.doomed
+            .push((key, ErrorCode::Internal, "media connection failed".into()));
+    }
+
+    // ---- signals ------------------------------------------------------
+
+    fn signal(&mut self, now: Instant, key: ParticipantKey, signal: ClientSignal) {
+        match signal {
+            ClientSignal::Offer { sdp, tracks } => self.client_offer(now, key, &sdp, tracks),
+            ClientSignal::Answer { id, sdp } => self.client_answer(now, key, id, &sdp),
+            ClientSignal::Mute { track_id, muted } => self.mute(key, &track_id, muted),
+            ClientSignal::Unpublish { track_id } => {
+                let Some(p) = self.get(key) else { return };
+                let Some(t) = p.published.iter().find(|t| t.id == track_id) else {
+                    p.send(ServerSignal::error(
+                        ErrorCode::UnknownTrack,
+                        format!("no published track {track_id:?}"),
+                    ));
+                    return;
+                };
+                let mid = t.mid;
+                p.published.retain(|t| t.id != track_id);
+                let (room, pid) = (p.room.clone(), p.id.clone());
+                self.unpublish_from_room(&room, key, &pid, &track_id, mid);
+            }
+            // join, leave and ping are handled by the session.
+            ClientSignal::Join { .. } | ClientSignal::Leave | ClientSignal::Ping { .. } => {}
+        }
+    }
+
+    fn mute(&mut self, key: ParticipantKey, track_id: &str, muted: bool) {
+        let Some(p) = self.get(key) else { return };
+        let Some(t) = p.published.iter_mut().find(|t| t.id == track_id) else {
+            p.send(ServerSignal::error(
+                ErrorCode::UnknownTrack,
+                format!("no published track {track_id:?}"),
+            ));
+            return;
+        };
+        if t.muted == muted {
+            return;
+        }
+        t.muted = muted;
+        let (room, pid, tid) = (p.room.clone(), p.id.clone(), t.id.clone());
+        self.broadcast(&room, key, |_| ServerSignal::TrackMuted {
+            track_id: tid.clone(),
+            participant_id: pid.clone(),
+            muted,
+        });
+    }
+
+    fn client_offer(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        sdp: &str,
+        tracks: Vec<PublishedTrack>,
+    ) {
+        let Some(p) = self.get(key) else { return };
+        if !p.can_publish && (!tracks.is_empty() || sdp_sends_media(sdp)) {
+            p.send(ServerSignal::error(
+                ErrorCode::PublishNotAllowed,
+                "this join token does not allow publishing",
+            ));
+            return;
+        }
+        let offer = match SdpOffer::from_sdp_string(sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                p.send(ServerSignal::error(
+                    ErrorCode::BadSdp,
+                    format!("offer does not parse: {e}"),
+                ));
+                return;
+            }
+        };
+        // The client's offer wins over ours (we are the polite side): our
+        // pending offer is rolled back and offered again after this answer.
+        if p.pending_offer.take().is_some() {
+            for s in &mut p.subscriptions {
+                if s.state == SubscriptionState::Offered {
+                    s.state = SubscriptionState::Wanted;
+                    s.mid = None;
+                }
+            }
+        }
+        p.announced = tracks;
+        let result = catch_unwind(AssertUnwindSafe(|| p.rtc.sdp_api().accept_offer(offer)));
+        let answer = match result {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                p.send(ServerSignal::error(
+                    ErrorCode::BadSdp,
+                    format!("offer cannot be negotiated: {e}"),
+                ));
+                return;
+            }
+            Err(_) => {
+                self.panicked(key);
+                return;
+            }
+        };
+        // Poll now so MediaAdded creates the tracks the answer lists.
+        self.poll_participant(now, key);
+        let Some(p) = self.get(key) else { return };
+        let tracks = p.published.iter().map(|t| t.info(&p.id)).collect();
+        p.send(ServerSignal::Answer {
+            sdp: answer.to_sdp_string(),
+            tracks,
+        });
+        self.maybe_offer(key);
+    }
+
+    fn client_answer(&mut self, now: Instant, key: ParticipantKey, id: u64, sdp: &str) {
+        let Some(p) = self.get(key) else { return };
+        let pending = match p.pending_offer.take() {
+            Some(po) if po.id == id => po,
+            other => {
+                p.pending_offer = other;
+                p.send(ServerSignal::error(
+                    ErrorCode::StaleAnswer,
+                    format!("answer {id} does not match the current offer"),
+                ));
+                return;
+            }
+        };
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                // Keep the offer pending: the client may still answer it properly.
+                p.pending_offer = Some(pending);
+                p.send(ServerSignal::error(
+                    ErrorCode::BadSdp,
+                    format!("answer does not parse: {e}"),
+                ));
+                return;
+            }
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            p.rtc.sdp_api().accept_answer(pending.offer, answer)
+        }));
+        let mut newly_active = Vec::new();
+        match result {
+            Ok(Ok(())) => {
+                for s in &mut p.subscriptions {
+                    if s.state == SubscriptionState::Offered {
+                        s.state = SubscriptionState::Active;
+                        if s.kind == MediaKind::Video {
+                            newly_active.push((s.publisher, s.source_mid));
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                for s in &mut p.subscriptions {
+                    if s.state == SubscriptionState::Offered {
+                        s.state = SubscriptionState::Wanted;
+                        s.mid = None;
+                    }
+                }
+                p.send(ServerSignal::error(
+                    ErrorCode::BadSdp,
+                    format!("answer cannot be negotiated: {e}"),
+                ));
+            }
+            Err(_) => {
+                self.panicked(key);
+                return;
+            }
+        }
+        self.mark_dirty(key);
+        // A new video subscriber can only start on a keyframe.
+        for (publisher, mid) in newly_active {
+            self.request_keyframe(now, publisher, mid);
+        }
+        self.maybe_offer(key);
+    }
+
+    /// Send a server offer if subscriptions changed and none is in flight.
+    fn maybe_offer(&mut self, key: ParticipantKey) {
+        let Some(p) = self.get(key) else { return };
+        if p.pending_offer.is_some() || !p.needs_offer() {
+            return;
+        }
+        let mut api = p.rtc.sdp_api();
+        for s in &mut p.subscriptions {
+            match s.state {
+                SubscriptionState::Wanted => {
+                    let kind = match s.kind {
+                        MediaKind::Audio => RtcKind::Audio,
+                        MediaKind::Video => RtcKind::Video,
+                    };
+                    let mid = api.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(s.publisher_id.clone()),
+                        Some(s.track_id.clone()),
+                        None,
+                    );
+                    s.mid = Some(mid);
+                    s.state = SubscriptionState::Offered;
+                }
+                SubscriptionState::Removing => {
+                    if let Some(mid) = s.mid {
+                        api.stop_media(mid);
+                    }
+                }
+                SubscriptionState::Offered | SubscriptionState::Active => {}
+            }
+        }
+        p.subscriptions
+            .retain(|s| s.state != SubscriptionState::Removing);
+        if let Some((offer, pending)) = api.apply() {
+            let id = p.next_offer_id;
+            p.next_offer_id += 1;
+            p.pending_offer = Some(PendingOffer { id, offer: pending });
+            let tracks = p.subscribed_tracks();
+            p.send(ServerSignal::Offer {
+                id,
+                sdp: offer.to_sdp_string(),
+                tracks,
+            });
+        }
+        self.mark_dirty(key);
+    }
+
+    /// A track of `publisher` is gone: tell the room and drop the subscriptions.
+    fn unpublish_from_room(
+        &mut self,
+        room: &str,
+        publisher: ParticipantKey,
+        publisher_id: &str,
+        track_id: &str,
+        mid: Mid,
+    ) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let members = r.participants.clone();
+        for k in members {
+            if k == publisher {
+                continue;
+            }
+            let Some(p) = self.participants[k].as_mut() else {
+                continue;
+            };
+            for s in &mut p.subscriptions {
+                if s.publisher == publisher && s.source_mid == mid {
+                    s.state = SubscriptionState::Removing;
+                }
+            }
+            p.send(ServerSignal::TrackUnpublished {
+                track_id: track_id.to_owned(),
+                participant_id: publisher_id.to_owned(),
+            });
+            self.maybe_offer(k);
+        }
+    }
+
+    /// New tracks of `publisher`: tell the room and subscribe everyone who may.
+    fn publish_to_room(&mut self, publisher: ParticipantKey, new: &[String]) {
+        let Some(p) = self.participants[publisher].as_ref() else {
+            return;
+        };
+        let room = p.room.clone();
+        let pid = p.id.clone();
+        let infos: Vec<_> = p
+            .published
+            .iter()
+            .filter(|t| new.contains(&t.id))
+            .map(|t| (t.info(&pid), t.mid, t.kind))
+            .collect();
+        let Some(r) = self.rooms.get(&room) else {
+            return;
+        };
+        let members = r.participants.clone();
+        for k in members {
+            if k == publisher {
+                continue;
+            }
+            let Some(o) = self.participants[k].as_mut() else {
+                continue;
+            };
+            for (info, mid, kind) in &infos {
+                o.send(ServerSignal::TrackPublished {
+                    track: info.clone(),
+                });
+                if o.can_subscribe {
+                    o.subscriptions.push(Subscription::new(
+                        info.id.clone(),
+                        publisher,
+                        pid.clone(),
+                        *mid,
+                        *kind,
+                    ));
+                }
+            }
+            self.maybe_offer(k);
+        }
+    }
+
+    // ---- media --------------------------------------------------------
+
+    /// Drive every participant that had input until nothing is left to do,
+    /// then remove the ones that failed.
+    fn settle(&mut self, now: Instant) {
+        let mut rounds = 0;
+        while let Some(key) = self.dirty.pop() {
+            rounds += 1;
+            if rounds > MAX_POLL_ROUNDS {
+                warn!("poll round limit reached");
+                self.dirty.clear();
+                break;
+            }
+            self.poll_participant(now, key);
+        }
+        while let Some((key, code, why)) = self.doomed.pop() {
+            if let Some(p) = self.get(key) {
+                p.close(code, why.clone());
+            }
+            self.remove(key, &why);
+        }
+        for key in 0..self.participants.len() {
+            if self.participants[key]
+                .as_ref()
+                .is_some_and(|p| p.signal_failed)
+            {
+                self.remove(key, "signaling connection gone");
+            }
+        }
+    }
+
+    /// Poll one participant's `Rtc` until it has nothing more, handling its events.
+    fn poll_participant(&mut self, now: Instant, key: ParticipantKey) {
+        let mut new_tracks = Vec::new();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut()) else {
+                return;
+            };
+            if rounds > MAX_POLL_ROUNDS {
+                warn!(participant = %p.id, "poll limit reached");
+                return;
+            }
+            if !p.rtc.is_alive() {
+                self.doomed
+                    .push((key, ErrorCode::Timeout, "media connection closed".into()));
+                return;
+            }
+            let out = match catch_unwind(AssertUnwindSafe(|| p.rtc.poll_output())) {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
+                    debug!(participant = %p.id, error = %e, "poll failed");
+                    self.doomed
+                        .push((key, ErrorCode::Internal, "media connection failed".into()));
+                    return;
+                }
+                Err(_) => {
+                    self.panicked(key);
+                    return;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    p.next_timeout = Some(t);
+                    break;
+                }
+                Output::Transmit(t) => self.outbox.push(t),
+                Output::Event(e) => self.participant_event(now, key, e, &mut new_tracks),
+            }
+        }
+        if !new_tracks.is_empty() {
+            self.publish_to_room(key, &new_tracks);
+        }
+    }
+
+    fn participant_event(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        event: Event,
+        new_tracks: &mut Vec<String>,
+    ) {
+        match event {
+            Event::RtpPacket(pkt) => self.forward_rtp(now, key, pkt),
+            Event::KeyframeRequest(req) => {
+                let Some(p) = self.get(key) else { return };
+                let Some(s) = p.subscription_by_mid(req.mid) else {
+                    return;
+                };
+                let (publisher, mid) = (s.publisher, s.source_mid);
+                self.request_keyframe(now, publisher, mid);
+            }
+            Event::Connected => {
+                if let Some(p) = self.get(key) {
+                    p.connected = true;
+                    p.down_since = None;
+                    info!(participant = %p.id, after_ms = now.saturating_duration_since(p.joined_at).as_millis() as u64, "media connected");
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                if let Some(p) = self.get(key) {
+                    match state {
+                        IceConnectionState::Disconnected => {
+                            p.down_since.get_or_insert(now);
+                        }
+                        IceConnectionState::Connected | IceConnectionState::Completed => {
+                            if p.connected {
+                                p.down_since = None;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Event::MediaAdded(m) => {
+                let Some(p) = self.get(key) else { return };
+                // Media the client sends to us is a publication.
+                if m.direction != Direction::RecvOnly {
+                    return;
+                }
+                if !p.can_publish {
+                    return;
+                }
+                let kind = match m.kind {
+                    RtcKind::Audio => MediaKind::Audio,
+                    RtcKind::Video => MediaKind::Video,
+                };
+                let mid_s = m.mid.to_string();
+                let source = p
+                    .announced
+                    .iter()
+                    .find(|a| a.mid == mid_s && a.kind == kind)
+                    .map(|a| a.source)
+                    .unwrap_or(TrackSource::default_for(kind));
+                let id = format!("TR_{}", crate::participant::random_token(12));
+                p.published
+                    .push(Track::new(id.clone(), m.mid, kind, source));
+                new_tracks.push(id);
+            }
+            Event::MediaChanged(m) => {
+                let Some(p) = self.get(key) else { return };
+                let stopped = matches!(m.direction, Direction::Inactive | Direction::SendOnly);
+                if !stopped {
+                    return;
+                }
+                let Some(t) = p.published.iter().find(|t| t.mid == m.mid) else {
+                    return;
+                };
+                let (track_id, mid) = (t.id.clone(), t.mid);
+                p.published.retain(|t| t.mid != mid);
+                new_tracks.retain(|id| *id != track_id);
+                let (room, pid) = (p.room.clone(), p.id.clone());
+                self.unpublish_from_room(&room, key, &pid, &track_id, mid);
+            }
+            _ => {}
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, publisher: ParticipantKey, mid: Mid) {
+        let Some(p) = self.get(publisher) else { return };
+        let Some(t) = p.track_by_mid(mid) else { return };
+        if !t.allow_keyframe_request(now) {
+            return;
+        }
+        if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        self.mark_dirty(publisher);
+    }
+
+    fn forward_rtp(&mut self, now: Instant, publisher: ParticipantKey, pkt: RtpPacket) {
+        self.stats.rtp_in += 1;
+        let Some(p) = self
+            .participants
+            .get_mut(publisher)
+            .and_then(|p| p.as_mut())
+        else {
+            return;
+        };
+        let Some(mid) = p
+            .rtc
+            .direct_api()
+            .stream_rx(&pkt.header.ssrc)
+            .map(|s| s.mid())
+        else {
+            return;
+        };
+        let Some(track) = p.published.iter().find(|t| t.mid == mid) else {
+            return;
+        };
+        let is_video = track.kind == MediaKind::Video;
+        let in_pt = pkt.header.payload_type;
+        let Some(codec) = p
+            .rtc
+            .codec_config()
+            .find(|c| c.pt() == in_pt)
+            .map(|c| c.spec().codec)
+        else {
+            return;
+        };
+        let starts_keyframe = is_video && vp8_starts_keyframe(&pkt.payload);
+        let Some(room) = self.rooms.get(&p.room) else {
+            return;
+        };
+        let seq: u64 = *pkt.seq_no;
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..ExtensionValues::default()
+        };
+        let mut need_keyframe = false;
+        for &k in &room.participants {
+            if k == publisher {
+                continue;
+            }
+            let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) else {
+                continue;
+            };
+            let Some(s) = q
+                .subscriptions
+                .iter_mut()
+                .find(|s| s.publisher == publisher && s.source_mid == mid)
+            else {
+                continue;
+            };
+            if s.state != SubscriptionState::Active {
+                continue;
+            }
+            let Some(out_mid) = s.mid else { continue };
+            let (seq_out, ts_out) =
+                match s
+                    .forwarder
+                    .forward(seq, pkt.header.timestamp, starts_keyframe)
+                {
+                    Forward::Send { seq, timestamp } => (seq, timestamp),
+                    Forward::NeedKeyframe => {
+                        need_keyframe = true;
+                        continue;
+                    }
+                    Forward::Stale => continue,
+                };
+            let out_pt = match s.pt_map {
+                Some((i, o)) if i == in_pt => o,
+                _ => {
+                    let Some(o) = q
+                        .rtc
+                        .codec_config()
+                        .find(|c| c.spec().codec == codec)
+                        .map(|c| c.pt())
+                    else {
+                        continue;
+                    };
+                    s.pt_map = Some((in_pt, o));
+                    o
+                }
+            };
+            let mut api = q.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(
+                    out_pt,
+                    seq_out.into(),
+                    ts_out,
+                    pkt.timestamp,
+                    pkt.payload.clone(),
+                )
+                .marker(pkt.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(true),
+            );
+            self.stats.rtp_forwarded += 1;
+            if !self.dirty.contains(&k) {
+                self.dirty.push(k);
+            }
+        }
+        if need_keyframe {
+            self.request_keyframe(now, publisher, mid);
+        }
+    }
+}
+
+/// Whether an SDP has an audio or video m-line in which its author sends.
+/// Used to refuse publishing before str0m sees the offer.
+pub fn sdp_sends_media(sdp: &str) -> bool {
+    let mut in_media = false;
+    let mut sends = false;
+    let mut any = false;
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_media && sends {
+                any = true;
+            }
+            let mut parts = m.split_whitespace();
+            let kind = parts.next().unwrap_or("");
+            let port = parts.next().unwrap_or("0");
+            in_media = (kind == "audio" || kind == "video") && port != "0";
+            // RFC 4566: sendrecv is the default direction.
+            sends = true;
+        } else if in_media {
+            match line {
+                "a=recvonly" | "a=inactive" => sends = false,
+                "a=sendonly" | "a=sendrecv" => sends = true,
+                _ => {}
+            }
+        }
+    }
+    any || (in_media && sends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdp_direction_check_finds_sending_media() {
+        let recv = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\n";
+        assert!(!sdp_sends_media(recv));
+        let send = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
+        assert!(sdp_sends_media(send));
+        let default = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        assert!(sdp_sends_media(default));
+        let rejected = "v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        assert!(!sdp_sends_media(rejected));
+    }
+}

@@ -1,0 +1,119 @@
+//! HTTP routes: health, the signaling WebSocket, the room page.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+use stamma_proto::{GrantError, MAX_SIGNAL_BYTES};
+use std::sync::atomic::Ordering;
+
+use crate::{AppState, session, web};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/rtc", get(rtc))
+        .route("/r/{room}", get(room_page))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": code, "message": message.into() })),
+    )
+        .into_response()
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let participants: u64 = state
+        .rooms
+        .workers()
+        .iter()
+        .map(|w| w.gauges.participants.load(Ordering::Relaxed))
+        .sum();
+    Json(json!({
+        "status": "ok",
+        "workers": state.rooms.workers().len(),
+        "rooms": state.rooms.room_count(),
+        "participants": participants,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RtcQuery {
+    access_token: Option<String>,
+    /// The room the client means to join; refused if the token is for another.
+    room: Option<String>,
+}
+
+/// `GET /rtc`: the token is checked before the WebSocket upgrade, so a bad
+/// token gets a plain HTTP 401 with a body that says why.
+async fn rtc(
+    State(state): State<AppState>,
+    Query(q): Query<RtcQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let token = q.access_token.or(bearer).unwrap_or_default();
+    let grant = match state.keys.verify(&token) {
+        Ok(g) => g,
+        Err(e) => {
+            let status = match e {
+                GrantError::Sign(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return error(status, e.code(), e.to_string());
+        }
+    };
+    if let Some(room) = q.room
+        && room != grant.room
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "room_mismatch",
+            "this token is for another room",
+        );
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "websocket_required",
+                format!("GET /rtc must be a WebSocket upgrade: {e}"),
+            );
+        }
+    };
+    upgrade
+        // Frames above our limit are read (up to this cap) so the client gets a
+        // typed `message_too_large` error instead of a bare disconnect.
+        .max_message_size(MAX_SIGNAL_BYTES * 16)
+        .max_frame_size(MAX_SIGNAL_BYTES * 16)
+        .on_upgrade(move |ws| session::run(ws, grant, state))
+}
+
+async fn room_page(Path(room): Path<String>) -> Response {
+    if room.is_empty() || room.len() > 256 || room.chars().any(char::is_control) {
+        return error(StatusCode::BAD_REQUEST, "bad_room", "invalid room name");
+    }
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        Html(web::ROOM_PAGE),
+    )
+        .into_response()
+}

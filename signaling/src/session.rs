@@ -1,0 +1,328 @@
+//! One WebSocket signaling session: the protocol state machine between a
+//! client and the worker that hosts its room.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use stamma_proto::{
+    ClientSignal, ErrorCode, Grant, MAX_SIGNAL_BYTES, PROTOCOL_VERSION, ServerSignal,
+};
+use stamma_sfu::command::SIGNAL_QUEUE;
+use stamma_sfu::{Command, JoinRequest, ToParticipant};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::AppState;
+use crate::keys::random_string;
+
+/// Session limits (documented in docs/protocol.md).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time allowed between connecting and `join`.
+    pub join_timeout: Duration,
+    /// A session that sends nothing (not even `ping`) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Sustained messages per second.
+    pub rate_per_sec: f64,
+    /// Burst allowance above the sustained rate.
+    pub burst: f64,
+    /// Messages refused for rate in a row before the session is closed.
+    pub max_rate_violations: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            join_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            rate_per_sec: 20.0,
+            burst: 50.0,
+            max_rate_violations: 50,
+        }
+    }
+}
+
+/// WebSocket close codes (RFC 6455 §7.4.1).
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const PROTOCOL: u16 = 1002;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+}
+
+fn close_code_for(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::MessageTooLarge => close::TOO_BIG,
+        ErrorCode::BadMessage | ErrorCode::UnsupportedVersion => close::PROTOCOL,
+        ErrorCode::Internal => close::INTERNAL,
+        _ => close::POLICY,
+    }
+}
+
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+    violations: u32,
+}
+
+impl TokenBucket {
+    fn take(&mut self, limits: &Limits) -> bool {
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * limits.rate_per_sec).min(limits.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.violations = 0;
+            true
+        } else {
+            self.violations += 1;
+            false
+        }
+    }
+}
+
+/// Why a session ends.
+enum End {
+    /// The client left or closed.
+    Gone(&'static str),
+    /// We close with an error.
+    Error(ErrorCode, String),
+}
+
+struct Session {
+    ws: WebSocket,
+    grant: Grant,
+    state: AppState,
+    bucket: TokenBucket,
+}
+
+/// Run a session to its end.
+pub async fn run(ws: WebSocket, grant: Grant, state: AppState) {
+    let limits = state.limits.clone();
+    let mut s = Session {
+        ws,
+        grant,
+        bucket: TokenBucket {
+            tokens: limits.burst,
+            last: Instant::now(),
+            violations: 0,
+        },
+        state,
+    };
+    let end = s.run().await;
+    let (code, reason, text) = match &end {
+        End::Gone(why) => (close::NORMAL, (*why).to_owned(), None),
+        End::Error(code, msg) => (
+            close_code_for(*code),
+            format!("{code:?}"),
+            Some(ServerSignal::error(*code, msg.clone()).to_json()),
+        ),
+    };
+    if let Some(text) = text {
+        let _ = s.ws.send(Message::Text(text.into())).await;
+    }
+    let _ =
+        s.ws.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.chars().take(100).collect::<String>()),
+        })))
+        .await;
+}
+
+impl Session {
+    async fn send(&mut self, signal: &ServerSignal) -> Result<(), End> {
+        self.ws
+            .send(Message::Text(signal.to_json().into()))
+            .await
+            .map_err(|_| End::Gone("send failed"))
+    }
+
+    /// Next client message, with size, type and rate checks.
+    /// `Ok(None)` means a message was refused but the session goes on.
+    async fn recv(&mut self) -> Result<Option<ClientSignal>, End> {
+        let msg = match self.ws.recv().await {
+            None => return Err(End::Gone("disconnected")),
+            Some(Err(_)) => return Err(End::Gone("connection error")),
+            Some(Ok(m)) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return Err(End::Error(
+                    ErrorCode::BadMessage,
+                    "binary messages are not part of the protocol; send JSON text".into(),
+                ));
+            }
+            Message::Ping(_) | Message::Pong(_) => return Ok(None),
+            Message::Close(_) => return Err(End::Gone("closed")),
+        };
+        if text.len() > MAX_SIGNAL_BYTES {
+            return Err(End::Error(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "message of {} bytes exceeds the limit of {MAX_SIGNAL_BYTES} bytes",
+                    text.len()
+                ),
+            ));
+        }
+        if !self.bucket.take(&self.state.limits) {
+            if self.bucket.violations >= self.state.limits.max_rate_violations {
+                return Err(End::Error(
+                    ErrorCode::RateLimited,
+                    "too many messages; closing".into(),
+                ));
+            }
+            self.send(&ServerSignal::error(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second; message dropped",
+                    self.state.limits.rate_per_sec
+                ),
+            ))
+            .await?;
+            return Ok(None);
+        }
+        match ClientSignal::parse(&text) {
+            Ok(s) => Ok(Some(s)),
+            // A message that does not parse is refused; the session goes on.
+            Err((code, message)) => {
+                self.send(&ServerSignal::error(code, message)).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn run(&mut self) -> End {
+        // Phase 1: wait for join.
+        let deadline = Instant::now() + self.state.limits.join_timeout;
+        loop {
+            let r = tokio::time::timeout_at(deadline, self.recv()).await;
+            let signal = match r {
+                Err(_) => {
+                    return End::Error(ErrorCode::Timeout, "no join message in time".into());
+                }
+                Ok(Err(end)) => return end,
+                Ok(Ok(None)) => continue,
+                Ok(Ok(Some(s))) => s,
+            };
+            match signal {
+                ClientSignal::Join { v } if v == PROTOCOL_VERSION => break,
+                ClientSignal::Join { v } => {
+                    return End::Error(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"
+                        ),
+                    );
+                }
+                ClientSignal::Ping { ts } => {
+                    if let Err(e) = self.send(&ServerSignal::Pong { ts }).await {
+                        return e;
+                    }
+                }
+                ClientSignal::Leave => return End::Gone("left"),
+                _ => {
+                    if let Err(e) = self
+                        .send(&ServerSignal::error(
+                            ErrorCode::NotJoined,
+                            "send join first",
+                        ))
+                        .await
+                    {
+                        return e;
+                    }
+                }
+            }
+        }
+        // Phase 2: in the room.
+        let room = self.grant.room.clone();
+        let Some(worker) = self.state.rooms.enter(&room) else {
+            return End::Error(ErrorCode::Internal, "no media worker available".into());
+        };
+        let participant_id = format!("PA_{}", random_string(12));
+        let end = self.in_room(&worker, &participant_id).await;
+        let reason = match &end {
+            End::Gone(why) => (*why).to_owned(),
+            End::Error(code, _) => format!("{code:?}"),
+        };
+        let _ = worker
+            .send(Command::Leave {
+                participant_id: participant_id.clone(),
+                reason,
+            })
+            .await;
+        self.state.rooms.leave(&room);
+        end
+    }
+
+    async fn in_room(&mut self, worker: &stamma_sfu::WorkerHandle, participant_id: &str) -> End {
+        let (tx, mut rx) = mpsc::channel(SIGNAL_QUEUE);
+        let g = &self.grant;
+        let join = JoinRequest {
+            participant_id: participant_id.to_owned(),
+            room: g.room.clone(),
+            identity: g.sub.clone(),
+            name: g.name.clone(),
+            role: g.role,
+            can_publish: g.can_publish(),
+            can_subscribe: g.grants.subscribe,
+            signals: tx,
+        };
+        if worker.send(Command::Join(Box::new(join))).await.is_err() {
+            return End::Error(ErrorCode::Internal, "media worker stopped".into());
+        }
+        info!(participant = participant_id, room = %g.room, identity = %g.sub, "session joined");
+        let idle = self.state.limits.idle_timeout;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(ToParticipant::Signal(s)) => {
+                        if let Err(e) = self.send(&s).await {
+                            return e;
+                        }
+                    }
+                    Some(ToParticipant::Close(code, message)) => return End::Error(code, message),
+                    None => return End::Error(ErrorCode::Internal, "media worker stopped".into()),
+                },
+                r = tokio::time::timeout_at(last_heard + idle, self.recv()) => {
+                    let signal = match r {
+                        Err(_) => return End::Error(ErrorCode::Timeout, format!("nothing received for {} s", idle.as_secs())),
+                        Ok(Err(end)) => return end,
+                        Ok(Ok(None)) => { last_heard = Instant::now(); continue; }
+                        Ok(Ok(Some(s))) => s,
+                    };
+                    last_heard = Instant::now();
+                    match signal {
+                        ClientSignal::Join { .. } => {
+                            if let Err(e) = self.send(&ServerSignal::error(ErrorCode::AlreadyJoined, "already joined")).await {
+                                return e;
+                            }
+                        }
+                        ClientSignal::Ping { ts } => {
+                            if let Err(e) = self.send(&ServerSignal::Pong { ts }).await {
+                                return e;
+                            }
+                        }
+                        ClientSignal::Leave => return End::Gone("left"),
+                        ClientSignal::Offer { ref tracks, .. } if !tracks.is_empty() && !self.grant.can_publish() => {
+                            debug!(participant = participant_id, "publish refused by grant");
+                            if let Err(e) = self.send(&ServerSignal::error(ErrorCode::PublishNotAllowed, "this join token does not allow publishing")).await {
+                                return e;
+                            }
+                        }
+                        other => {
+                            let cmd = Command::Signal { participant_id: participant_id.to_owned(), signal: other };
+                            if worker.send(cmd).await.is_err() {
+                                return End::Error(ErrorCode::Internal, "media worker stopped".into());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
