@@ -1,0 +1,9 @@
+//! Stämma client library: the signaling client, a WebRTC peer (webrtc-rs,
+//! independent of the server's str0m) and media helpers. Used by the tests
+//! and the load tester, and embeddable by vendors.
+
+pub mod media;
+pub mod peer;
+pub mod signal;
+
+pub use stamma_proto as proto;

@@ -1,0 +1,228 @@
+//! Media helpers: test tones, frequency detection, synthetic VP8 frames.
+
+/// Samples per second of Opus in WebRTC.
+pub const SAMPLE_RATE: u32 = 48_000;
+/// Samples in one 20 ms frame.
+pub const FRAME_SAMPLES: usize = 960;
+
+/// One 20 ms mono frame of a sine tone, continuing at `phase` (updated).
+pub fn sine_frame(freq_hz: f32, phase: &mut f32, out: &mut [i16; FRAME_SAMPLES]) {
+    let step = std::f32::consts::TAU * freq_hz / SAMPLE_RATE as f32;
+    for s in out.iter_mut() {
+        *s = (phase.sin() * 12_000.0) as i16;
+        *phase = (*phase + step) % std::f32::consts::TAU;
+    }
+}
+
+/// Power of `freq_hz` in `samples` (Goertzel algorithm).
+pub fn goertzel_power(samples: &[i16], freq_hz: f32) -> f32 {
+    let w = std::f32::consts::TAU * freq_hz / SAMPLE_RATE as f32;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for &x in samples {
+        let s0 = x as f32 + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - coeff * s1 * s2
+}
+
+/// The strongest frequency between `lo` and `hi` Hz, scanned in `step` Hz.
+pub fn dominant_frequency(samples: &[i16], lo: f32, hi: f32, step: f32) -> f32 {
+    let mut best = (lo, f32::MIN);
+    let mut f = lo;
+    while f <= hi {
+        let p = goertzel_power(samples, f);
+        if p > best.1 {
+            best = (f, p);
+        }
+        f += step;
+    }
+    best.0
+}
+
+/// Opus tone generation and decoding (needs the system libopus).
+#[cfg(feature = "opus")]
+pub mod opus_tone {
+    use super::{FRAME_SAMPLES, SAMPLE_RATE, sine_frame};
+
+    /// `count` Opus packets (20 ms each) of a continuous sine tone.
+    pub fn encode_tone(freq_hz: f32, count: usize) -> Result<Vec<Vec<u8>>, opus::Error> {
+        let mut enc =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Audio)?;
+        let mut phase = 0.0;
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let mut out = vec![0u8; 1500];
+        let mut packets = Vec::with_capacity(count);
+        for _ in 0..count {
+            sine_frame(freq_hz, &mut phase, &mut pcm);
+            let n = enc.encode(&pcm, &mut out)?;
+            packets.push(out[..n].to_vec());
+        }
+        Ok(packets)
+    }
+
+    /// Decodes a stream of Opus packets to mono PCM.
+    pub struct ToneDecoder {
+        dec: opus::Decoder,
+        buf: Vec<i16>,
+    }
+
+    impl ToneDecoder {
+        pub fn new() -> Result<ToneDecoder, opus::Error> {
+            Ok(ToneDecoder {
+                dec: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?,
+                buf: vec![0; FRAME_SAMPLES * 6],
+            })
+        }
+
+        /// Decode one packet, appending its samples to `pcm`.
+        pub fn decode(&mut self, packet: &[u8], pcm: &mut Vec<i16>) -> Result<usize, opus::Error> {
+            let n = self.dec.decode(packet, &mut self.buf, false)?;
+            pcm.extend_from_slice(&self.buf[..n]);
+            Ok(n)
+        }
+    }
+}
+
+/// Builds VP8 RTP payloads (RFC 7741) for synthetic frames: a real payload
+/// descriptor and frame tag, then filler carrying the frame number, so a
+/// receiver can tell keyframes and frames apart without a VP8 decoder.
+#[derive(Debug, Clone)]
+pub struct Vp8Frames {
+    picture_id: u16,
+    /// Largest payload per RTP packet.
+    pub max_payload: usize,
+}
+
+/// What a receiver reads back from a synthetic VP8 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp8Info {
+    pub start_of_frame: bool,
+    pub keyframe: bool,
+    pub picture_id: u16,
+}
+
+const DESCRIPTOR: usize = 4;
+
+impl Default for Vp8Frames {
+    fn default() -> Self {
+        Vp8Frames {
+            picture_id: 0,
+            max_payload: 1100,
+        }
+    }
+}
+
+impl Vp8Frames {
+    /// Payloads of one frame of `size` bytes; the last one gets the RTP marker.
+    pub fn frame(&mut self, keyframe: bool, size: usize) -> Vec<Vec<u8>> {
+        self.picture_id = (self.picture_id + 1) & 0x7fff;
+        let pid = self.picture_id;
+        let mut body = Vec::with_capacity(size.max(10));
+        // Frame tag (RFC 6386 §9.1): P bit clear for a keyframe, show_frame set.
+        let tag: u32 = (if keyframe { 0 } else { 1 }) | (1 << 4) | (((size as u32) & 0x7ffff) << 5);
+        body.extend_from_slice(&tag.to_le_bytes()[..3]);
+        if keyframe {
+            body.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+            body.extend_from_slice(&320u16.to_le_bytes());
+            body.extend_from_slice(&180u16.to_le_bytes());
+        }
+        while body.len() < size.max(10) {
+            body.push((pid as u8).wrapping_add(body.len() as u8));
+        }
+        let chunk = self.max_payload.saturating_sub(DESCRIPTOR).max(1);
+        body.chunks(chunk)
+            .enumerate()
+            .map(|(i, part)| {
+                let mut p = Vec::with_capacity(DESCRIPTOR + part.len());
+                // X=1, S on the first packet, PID 0; I=1 with a 15-bit picture id.
+                p.push(if i == 0 { 0x90 } else { 0x80 });
+                p.push(0x80);
+                p.push(0x80 | (pid >> 8) as u8);
+                p.push(pid as u8);
+                p.extend_from_slice(part);
+                p
+            })
+            .collect()
+    }
+
+    /// Parse what [`Vp8Frames::frame`] wrote (and any VP8 payload with a 15-bit picture id).
+    pub fn parse(payload: &[u8]) -> Option<Vp8Info> {
+        let b0 = *payload.first()?;
+        let start_of_frame = b0 & 0x10 != 0 && b0 & 0x07 == 0;
+        let mut at = 1;
+        let mut picture_id = 0;
+        if b0 & 0x80 != 0 {
+            let x = *payload.get(at)?;
+            at += 1;
+            if x & 0x80 != 0 {
+                let m = *payload.get(at)?;
+                if m & 0x80 != 0 {
+                    picture_id = (((m & 0x7f) as u16) << 8) | *payload.get(at + 1)? as u16;
+                    at += 2;
+                } else {
+                    picture_id = m as u16;
+                    at += 1;
+                }
+            }
+            if x & 0x40 != 0 {
+                at += 1;
+            }
+            if x & 0x30 != 0 {
+                at += 1;
+            }
+        }
+        let keyframe = start_of_frame && payload.get(at)? & 0x01 == 0;
+        Some(Vp8Info {
+            start_of_frame,
+            keyframe,
+            picture_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goertzel_finds_the_tone() {
+        let mut phase = 0.0;
+        let mut frame = [0i16; FRAME_SAMPLES];
+        let mut pcm = Vec::new();
+        for _ in 0..25 {
+            sine_frame(660.0, &mut phase, &mut frame);
+            pcm.extend_from_slice(&frame);
+        }
+        let f = dominant_frequency(&pcm, 200.0, 2000.0, 10.0);
+        assert!((f - 660.0).abs() <= 10.0, "found {f}");
+    }
+
+    #[test]
+    fn vp8_frames_round_trip() {
+        let mut v = Vp8Frames::default();
+        let key = v.frame(true, 3000);
+        assert!(key.len() >= 3);
+        let first = Vp8Frames::parse(&key[0]).unwrap();
+        assert!(first.keyframe && first.start_of_frame);
+        assert!(!Vp8Frames::parse(&key[1]).unwrap().start_of_frame);
+        let delta = v.frame(false, 500);
+        let d = Vp8Frames::parse(&delta[0]).unwrap();
+        assert!(!d.keyframe && d.start_of_frame);
+        assert_eq!(d.picture_id, first.picture_id + 1);
+    }
+
+    #[cfg(feature = "opus")]
+    #[test]
+    fn opus_tone_survives_encode_decode() {
+        let packets = opus_tone::encode_tone(880.0, 50).unwrap();
+        let mut dec = opus_tone::ToneDecoder::new().unwrap();
+        let mut pcm = Vec::new();
+        for p in &packets {
+            dec.decode(p, &mut pcm).unwrap();
+        }
+        let f = dominant_frequency(&pcm[4800..], 200.0, 2000.0, 10.0);
+        assert!((f - 880.0).abs() <= 10.0, "found {f}");
+    }
+}
