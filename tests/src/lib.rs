@@ -1,1 +1,518 @@
+//! Harness for the end-to-end tests: a server on ephemeral loopback ports and
+//! participants built on webrtc-rs (a WebRTC stack independent of the server's).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use stamma::{Server, ServerConfig};
+use stamma_client::media::Vp8Frames;
+use stamma_client::media::opus_tone::{ToneDecoder, encode_tone};
+use stamma_client::peer::{LocalTrack, MediaKind as PeerKind, Peer, PeerEvent, RemoteTrack};
+use stamma_client::signal::{SignalClient, rtc_url};
+use stamma_proto::{
+    ClientSignal, Grant, MediaKind, PublishedTrack, Role, ServerSignal, SubscribedTrack,
+    TrackSource,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub const KEY: &str = "test_key";
+pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A server on 127.0.0.1 with OS-chosen ports.
+pub struct TestServer {
+    pub server: Server,
+    pub base: String,
+}
+
+impl TestServer {
+    pub async fn start(workers: usize) -> anyhow::Result<TestServer> {
+        init_tracing();
+        let mut config = ServerConfig::dev();
+        config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.media.first_port = 0;
+        config.media.workers = workers;
+        config.keys.insert(KEY, SECRET)?;
+        let server = Server::start(config).await?;
+        let base = format!("http://{}", server.http_addr);
+        Ok(TestServer { server, base })
+    }
+
+    pub fn token(&self, room: &str, identity: &str, role: Role) -> String {
+        token(room, identity, role)
+    }
+
+    pub fn media_addr(&self) -> SocketAddr {
+        self.server.media_addrs[0]
+    }
+
+    /// Participants the server currently holds (from /healthz).
+    pub async fn participants(&self) -> anyhow::Result<u64> {
+        let (status, body) = http_get(self.server.http_addr, "/healthz").await?;
+        if status != 200 {
+            bail!("healthz returned {status}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        v["participants"]
+            .as_u64()
+            .context("participants in healthz")
+    }
+}
+
+pub fn token(room: &str, identity: &str, role: Role) -> String {
+    let g = Grant::new(KEY, room, identity, role, 600);
+    g.mint(KEY, SECRET.as_bytes()).unwrap_or_default()
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(addr, path, &[]).await
+}
+
+/// GET with extra headers (e.g. WebSocket upgrade headers).
+pub async fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .context("status line")?
+        .parse()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Wait until `f` is true, polling; fails after `timeout`.
+pub async fn wait_until<F: FnMut() -> bool>(
+    timeout: Duration,
+    what: &str,
+    mut f: F,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// What one participant has received from one remote track.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub publisher_id: String,
+    pub track_id: String,
+    pub kind: Option<MediaKind>,
+    pub ssrc: u32,
+    pub packets: u64,
+    pub first_at: Option<Instant>,
+    pub last_at: Option<Instant>,
+    /// Decoded audio (audio tracks).
+    pub pcm: Vec<i16>,
+    /// Sequence numbers in arrival order (video tracks).
+    pub seqs: Vec<u16>,
+    /// (arrival, picture id) of keyframe starts (video tracks).
+    pub keyframes: Vec<(Instant, u16)>,
+    /// Whether the first video packet received started a keyframe.
+    pub first_is_keyframe: Option<bool>,
+    pub ended: bool,
+}
+
+/// How a test participant publishes.
+#[derive(Debug, Clone, Copy)]
+pub struct Publish {
+    pub tone_hz: Option<f32>,
+    pub video: bool,
+}
+
+/// A participant: signaling + webrtc-rs peer, negotiating on its own and
+/// recording everything it receives.
+pub struct TestParticipant {
+    pub id: String,
+    pub identity: String,
+    pub peer: Arc<Peer>,
+    pub connected_at: Instant,
+    /// Every signal received, in order.
+    pub signals: Arc<Mutex<Vec<(Instant, ServerSignal)>>>,
+    /// Received media per remote track id.
+    pub received: Arc<Mutex<HashMap<String, Received>>>,
+    pub local_tracks: Arc<Mutex<Vec<LocalTrack>>>,
+    outgoing: mpsc::UnboundedSender<ClientSignal>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl TestParticipant {
+    pub async fn join(
+        base: &str,
+        room: &str,
+        identity: &str,
+        role: Role,
+        publish: Publish,
+    ) -> anyhow::Result<TestParticipant> {
+        let connected_at = Instant::now();
+        let mut sig =
+            SignalClient::connect_url(&rtc_url(base, &token(room, identity, role), None)?)
+                .await
+                .context("connecting signaling")?;
+        let (me, _others) = sig.join().await.context("joining")?;
+        let (peer, mut events) = Peer::new([127, 0, 0, 1].into()).await?;
+        let peer = Arc::new(peer);
+        let signals: Arc<Mutex<Vec<(Instant, ServerSignal)>>> = Arc::default();
+        let received: Arc<Mutex<HashMap<String, Received>>> = Arc::default();
+        let mids: Arc<Mutex<HashMap<String, SubscribedTrack>>> = Arc::default();
+        let local_tracks: Arc<Mutex<Vec<LocalTrack>>> = Arc::default();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientSignal>();
+        let mut tasks = Vec::new();
+
+        // Publishing: add tracks and make the first offer before anything else
+        // touches the peer, so the negotiation task starts with it outstanding.
+        let mut offer = None;
+        if publish.tone_hz.is_some() || publish.video {
+            let mut announced = Vec::new();
+            let mut added = Vec::new();
+            if publish.tone_hz.is_some() {
+                added.push(peer.add_track(PeerKind::Audio, "mic", identity).await?);
+            }
+            if publish.video {
+                added.push(peer.add_track(PeerKind::Video, "cam", identity).await?);
+            }
+            let sdp = peer.create_offer().await?;
+            for t in &added {
+                let mid = peer.mid_of(t).await.context("mid of local track")?;
+                let kind = match t.kind() {
+                    PeerKind::Audio => MediaKind::Audio,
+                    PeerKind::Video => MediaKind::Video,
+                };
+                announced.push(PublishedTrack {
+                    mid,
+                    kind,
+                    source: TrackSource::default_for(kind),
+                });
+            }
+            offer = Some(ClientSignal::Offer {
+                sdp,
+                tracks: announced,
+            });
+            local_tracks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(added);
+        }
+
+        // Negotiation and signal recording.
+        {
+            let peer = peer.clone();
+            let signals = signals.clone();
+            let mids = mids.clone();
+            let received = received.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut local_offer_out = false;
+                if let Some(o) = offer {
+                    if sig.send(&o).await.is_err() {
+                        return;
+                    }
+                    local_offer_out = true;
+                }
+                loop {
+                    tokio::select! {
+                        s = sig.recv() => {
+                            let Ok(s) = s else { return };
+                            signals.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), s.clone()));
+                            match s {
+                                ServerSignal::Offer { id, sdp, tracks } => {
+                                    // Impolite side: ignore while our offer is out.
+                                    if local_offer_out {
+                                        continue;
+                                    }
+                                    {
+                                        let mut m = mids.lock().unwrap_or_else(|e| e.into_inner());
+                                        for t in tracks {
+                                            m.insert(t.mid.clone(), t);
+                                        }
+                                    }
+                                    match peer.accept_offer(&sdp).await {
+                                        Ok(answer) => {
+                                            if sig.send(&ClientSignal::Answer { id, sdp: answer }).await.is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Err(e) => tracing::error!(error = %e, "accept_offer failed"),
+                                    }
+                                }
+                                ServerSignal::Answer { sdp, .. } => {
+                                    local_offer_out = false;
+                                    if let Err(e) = peer.apply_answer(&sdp).await {
+                                        tracing::error!(error = %e, "apply_answer failed");
+                                    }
+                                }
+                                ServerSignal::TrackUnpublished { track_id, .. } => {
+                                    if let Some(r) = received.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&track_id) {
+                                        r.ended = true;
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                        o = out_rx.recv() => {
+                            let Some(o) = o else { sig.close().await; return };
+                            let leave = o == ClientSignal::Leave;
+                            if sig.send(&o).await.is_err() || leave {
+                                sig.close().await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+
+        // Remote tracks.
+        {
+            let received = received.clone();
+            let mids = mids.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    if let PeerEvent::Track(t) = ev {
+                        tokio::spawn(read_track(t, received.clone(), mids.clone()));
+                    }
+                }
+            }));
+        }
+
+        // Media senders.
+        let tracks = local_tracks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for t in tracks {
+            match t.kind() {
+                PeerKind::Audio => {
+                    let hz = publish.tone_hz.unwrap_or(440.0);
+                    tasks.push(tokio::spawn(send_tone(t, hz)));
+                }
+                PeerKind::Video => tasks.push(tokio::spawn(send_video(t))),
+            }
+        }
+
+        Ok(TestParticipant {
+            id: me.id,
+            identity: identity.to_owned(),
+            peer,
+            connected_at,
+            signals,
+            received,
+            local_tracks,
+            outgoing: out_tx,
+            tasks,
+        })
+    }
+
+    pub fn send(&self, s: ClientSignal) {
+        let _ = self.outgoing.send(s);
+    }
+
+    /// Remote track ids received from `publisher_id` of `kind`.
+    pub fn received_from(&self, publisher_id: &str, kind: MediaKind) -> Option<String> {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(_, r)| r.publisher_id == publisher_id && r.kind == Some(kind))
+            .map(|(k, _)| k.clone())
+    }
+
+    pub fn with_received<T>(&self, track_id: &str, f: impl FnOnce(&Received) -> T) -> Option<T> {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(track_id)
+            .map(f)
+    }
+
+    pub fn has_signal(&self, f: impl Fn(&ServerSignal) -> bool) -> Option<Instant> {
+        self.signals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(_, s)| f(s))
+            .map(|(t, _)| *t)
+    }
+
+    /// When the first signal received after `since` that matches `f` arrived.
+    pub fn signal_after(
+        &self,
+        since: Instant,
+        f: impl Fn(&ServerSignal) -> bool,
+    ) -> Option<Instant> {
+        self.signals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(t, s)| *t >= since && f(s))
+            .map(|(t, _)| *t)
+    }
+
+    /// Leave properly and stop everything.
+    pub async fn leave(mut self) {
+        self.send(ClientSignal::Leave);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.stop().await;
+    }
+
+    pub async fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.peer.close().await;
+    }
+}
+
+impl Drop for TestParticipant {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn read_track(
+    track: RemoteTrack,
+    received: Arc<Mutex<HashMap<String, Received>>>,
+    mids: Arc<Mutex<HashMap<String, SubscribedTrack>>>,
+) {
+    // The msid track id is the server's track id.
+    let track_id = track.track_id().to_owned();
+    let publisher_id = track.stream_id().to_owned();
+    let kind = match track.kind() {
+        PeerKind::Audio => MediaKind::Audio,
+        PeerKind::Video => MediaKind::Video,
+    };
+    if let Some(mid) = track.mid() {
+        let m = mids.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = m.get(mid)
+            && t.track_id != track_id
+        {
+            tracing::error!(mid, expected = %t.track_id, got = %track_id, "mid/track mismatch");
+        }
+    }
+    let mut decoder = match ToneDecoder::new() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "opus decoder");
+            return;
+        }
+    };
+    let mut pcm = Vec::new();
+    loop {
+        let Ok(pkt) = track.read_rtp().await else {
+            break;
+        };
+        let now = Instant::now();
+        pcm.clear();
+        if kind == MediaKind::Audio && decoder.decode(&pkt.payload, &mut pcm).is_err() {
+            tracing::error!("undecodable opus packet");
+        }
+        let mut all = received.lock().unwrap_or_else(|e| e.into_inner());
+        let r = all.entry(track_id.clone()).or_default();
+        r.publisher_id.clone_from(&publisher_id);
+        r.track_id.clone_from(&track_id);
+        r.kind = Some(kind);
+        r.ssrc = pkt.ssrc;
+        r.packets += 1;
+        r.first_at.get_or_insert(now);
+        r.last_at = Some(now);
+        match kind {
+            MediaKind::Audio => r.pcm.extend_from_slice(&pcm),
+            MediaKind::Video => {
+                r.seqs.push(pkt.seq);
+                if let Some(info) = Vp8Frames::parse(&pkt.payload) {
+                    r.first_is_keyframe.get_or_insert(info.keyframe);
+                    if info.keyframe {
+                        r.keyframes.push((now, info.picture_id));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = received
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(&track_id)
+    {
+        r.ended = true;
+    }
+}
+
+/// Opus tone, 20 ms packets, until aborted.
+async fn send_tone(track: LocalTrack, hz: f32) {
+    let packets = match encode_tone(hz, 250) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "opus encode");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    // Start near the 16-bit wrap so the server's sequence handling is exercised.
+    let mut seq: u16 = 65_000;
+    let mut ts: u32 = 0;
+    for i in 0.. {
+        tick.tick().await;
+        let p = &packets[i % packets.len()];
+        let _ = track.write_rtp(seq, ts, false, p).await;
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(960);
+    }
+}
+
+/// Synthetic VP8 at 15 fps: a keyframe first, every 5 s and on every PLI.
+async fn send_video(track: LocalTrack) {
+    let mut frames = Vp8Frames::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(66));
+    let mut seq: u16 = 65_300;
+    let mut ts: u32 = 0;
+    let mut answered = track.keyframe_requests();
+    for n in 0u64.. {
+        tick.tick().await;
+        let requests = track.keyframe_requests();
+        let keyframe = n % 75 == 0 || requests > answered;
+        answered = requests;
+        let payloads = frames.frame(keyframe, if keyframe { 5000 } else { 1200 });
+        let last = payloads.len().saturating_sub(1);
+        for (i, p) in payloads.iter().enumerate() {
+            let _ = track.write_rtp(seq, ts, i == last, p).await;
+            seq = seq.wrapping_add(1);
+        }
+        ts = ts.wrapping_add(6000);
+    }
+}
