@@ -130,6 +130,16 @@ pub async fn run(ws: WebSocket, grant: Grant, state: AppState) {
             reason: Utf8Bytes::from(reason.chars().take(100).collect::<String>()),
         })))
         .await;
+    // Complete the closing handshake: read (and ignore) what the client still
+    // sends until its close frame, so it sees a clean close rather than a reset.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(m)) = s.ws.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 impl Session {
