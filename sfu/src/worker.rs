@@ -59,6 +59,8 @@ pub struct Worker {
     demux: Demux,
     outbox: Vec<Transmit>,
     dirty: Vec<ParticipantKey>,
+    /// Earliest `next_timeout` of any participant (possibly stale-early).
+    earliest: Option<Instant>,
     doomed: Vec<(ParticipantKey, ErrorCode, String)>,
     stats: WorkerStats,
 }
@@ -82,6 +84,7 @@ impl Worker {
             demux: Demux::default(),
             outbox: Vec::new(),
             dirty: Vec::new(),
+            earliest: None,
             doomed: Vec::new(),
             stats: WorkerStats::default(),
         }
@@ -104,17 +107,14 @@ impl Worker {
         &mut self.outbox
     }
 
-    /// When the worker next needs [`Worker::handle_timeout`].
+    /// When the worker next needs [`Worker::handle_timeout`]. May be early
+    /// (a participant's timeout moved later), never late.
     pub fn next_timeout(&self, now: Instant) -> Instant {
-        let mut next = now + HOUSEKEEPING;
-        for p in self.participants.iter().flatten() {
-            if let Some(t) = p.next_timeout
-                && t < next
-            {
-                next = t;
-            }
+        let housekeeping = now + HOUSEKEEPING;
+        match self.earliest {
+            Some(t) if t < housekeeping => t,
+            _ => housekeeping,
         }
-        next
     }
 
     fn get(&mut self, key: ParticipantKey) -> Option<&mut Participant> {
@@ -122,7 +122,10 @@ impl Worker {
     }
 
     fn mark_dirty(&mut self, key: ParticipantKey) {
-        if !self.dirty.contains(&key) {
+        if let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut())
+            && !p.dirty
+        {
+            p.dirty = true;
             self.dirty.push(key);
         }
     }
@@ -199,6 +202,13 @@ impl Worker {
             }
         }
         self.settle(now);
+        self.reap_signal_failures();
+        self.earliest = self
+            .participants
+            .iter()
+            .flatten()
+            .filter_map(|p| p.next_timeout)
+            .min();
     }
 
     pub fn handle_command(&mut self, now: Instant, command: Command) {
@@ -223,6 +233,7 @@ impl Worker {
             }
         }
         self.settle(now);
+        self.reap_signal_failures();
     }
 
     // ---- participants -------------------------------------------------
@@ -631,7 +642,7 @@ impl Worker {
                 continue;
             };
             for s in &mut p.subscriptions {
-                if s.publisher == publisher && s.source_mid == mid {
+                if s.publisher == publisher && s.source_mid == mid && s.track_id == track_id {
                     s.state = SubscriptionState::Removing;
                 }
             }
@@ -692,6 +703,9 @@ impl Worker {
     fn settle(&mut self, now: Instant) {
         let mut rounds = 0;
         while let Some(key) = self.dirty.pop() {
+            if let Some(p) = self.get(key) {
+                p.dirty = false;
+            }
             rounds += 1;
             if rounds > MAX_POLL_ROUNDS {
                 warn!("poll round limit reached");
@@ -706,6 +720,12 @@ impl Worker {
             }
             self.remove(key, &why);
         }
+    }
+
+    /// Remove participants whose signal queue overflowed or whose session is
+    /// gone. Signals come almost only from commands, so this runs after
+    /// commands and at housekeeping, not per datagram.
+    fn reap_signal_failures(&mut self) {
         for key in 0..self.participants.len() {
             if self.participants[key]
                 .as_ref()
@@ -750,6 +770,9 @@ impl Worker {
             match out {
                 Output::Timeout(t) => {
                     p.next_timeout = Some(t);
+                    if self.earliest.is_none_or(|e| t < e) {
+                        self.earliest = Some(t);
+                    }
                     break;
                 }
                 Output::Transmit(t) => self.outbox.push(t),
@@ -791,10 +814,10 @@ impl Worker {
                         IceConnectionState::Disconnected => {
                             p.down_since.get_or_insert(now);
                         }
-                        IceConnectionState::Connected | IceConnectionState::Completed => {
-                            if p.connected {
-                                p.down_since = None;
-                            }
+                        IceConnectionState::Connected | IceConnectionState::Completed
+                            if p.connected =>
+                        {
+                            p.down_since = None;
                         }
                         _ => {}
                     }
@@ -905,16 +928,13 @@ impl Worker {
             let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) else {
                 continue;
             };
-            let Some(s) = q
-                .subscriptions
-                .iter_mut()
-                .find(|s| s.publisher == publisher && s.source_mid == mid)
-            else {
+            let Some(s) = q.subscriptions.iter_mut().find(|s| {
+                s.publisher == publisher
+                    && s.source_mid == mid
+                    && s.state == SubscriptionState::Active
+            }) else {
                 continue;
             };
-            if s.state != SubscriptionState::Active {
-                continue;
-            }
             let Some(out_mid) = s.mid else { continue };
             let (seq_out, ts_out) =
                 match s
@@ -960,7 +980,8 @@ impl Worker {
                 .nackable(true),
             );
             self.stats.rtp_forwarded += 1;
-            if !self.dirty.contains(&k) {
+            if !q.dirty {
+                q.dirty = true;
                 self.dirty.push(k);
             }
         }

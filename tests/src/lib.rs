@@ -143,7 +143,9 @@ pub struct Received {
     pub seqs: Vec<u16>,
     /// (arrival, picture id) of keyframe starts (video tracks).
     pub keyframes: Vec<(Instant, u16)>,
-    /// Whether the first video packet received started a keyframe.
+    /// Whether the first video frame whose start was received is a keyframe.
+    /// (webrtc-rs may lose a track's very first packets, so this looks at
+    /// frame starts rather than the first packet.)
     pub first_is_keyframe: Option<bool>,
     pub ended: bool,
 }
@@ -456,7 +458,9 @@ async fn read_track(
             MediaKind::Video => {
                 r.seqs.push(pkt.seq);
                 if let Some(info) = Vp8Frames::parse(&pkt.payload) {
-                    r.first_is_keyframe.get_or_insert(info.keyframe);
+                    if info.start_of_frame {
+                        r.first_is_keyframe.get_or_insert(info.keyframe);
+                    }
                     if info.keyframe {
                         r.keyframes.push((now, info.picture_id));
                     }
