@@ -242,10 +242,20 @@ impl Worker {
         if self.by_id.contains_key(&req.participant_id) {
             return;
         }
-        let full = self
-            .rooms
-            .get(&req.room)
-            .is_some_and(|r| r.participants.len() >= self.config.max_participants_per_room);
+        // One identity, one connection: the newer one wins (a reload or a second tab).
+        let existing = self.rooms.get(&req.room).and_then(|r| {
+            r.participants.iter().copied().find(|k| {
+                self.participants[*k]
+                    .as_ref()
+                    .is_some_and(|p| p.identity == req.identity)
+            })
+        });
+        // A replacement does not need a free seat.
+        let full = existing.is_none()
+            && self
+                .rooms
+                .get(&req.room)
+                .is_some_and(|r| r.participants.len() >= self.config.max_participants_per_room);
         if full {
             let _ = req.signals.try_send(crate::ToParticipant::Close(
                 ErrorCode::RoomFull,
@@ -256,14 +266,6 @@ impl Worker {
             ));
             return;
         }
-        // One identity, one connection: the newer one wins (a reload or a second tab).
-        let existing = self.rooms.get(&req.room).and_then(|r| {
-            r.participants.iter().copied().find(|k| {
-                self.participants[*k]
-                    .as_ref()
-                    .is_some_and(|p| p.identity == req.identity)
-            })
-        });
         if let Some(old) = existing {
             if let Some(p) = self.get(old) {
                 p.close(
@@ -1034,5 +1036,150 @@ mod tests {
         assert!(sdp_sends_media(default));
         let rejected = "v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
         assert!(!sdp_sends_media(rejected));
+    }
+}
+
+#[cfg(test)]
+mod sans_io_tests {
+    //! The worker driven by hand: no sockets, no sleeps, time passed in.
+    use super::*;
+    use crate::ToParticipant;
+    use stamma_proto::Role;
+    use tokio::sync::mpsc;
+
+    fn worker(media_timeout: Duration) -> Worker {
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .expect("certificate");
+        let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let config = SfuConfig {
+            media_timeout,
+            max_participants_per_room: 2,
+            ..SfuConfig::default()
+        };
+        Worker::new(config, addr, addr, cert)
+    }
+
+    fn join(
+        w: &mut Worker,
+        now: Instant,
+        id: &str,
+        room: &str,
+        identity: &str,
+    ) -> mpsc::Receiver<ToParticipant> {
+        let (tx, rx) = mpsc::channel(64);
+        w.handle_command(
+            now,
+            Command::Join(Box::new(JoinRequest {
+                participant_id: id.into(),
+                room: room.into(),
+                identity: identity.into(),
+                name: None,
+                role: Role::Speaker,
+                can_publish: true,
+                can_subscribe: true,
+                signals: tx,
+            })),
+        );
+        rx
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<ToParticipant>) -> Vec<ToParticipant> {
+        let mut v = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            v.push(m);
+        }
+        v
+    }
+
+    #[test]
+    fn participant_whose_media_never_connects_is_removed_after_the_timeout() {
+        let mut w = worker(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let mut rx = join(&mut w, t0, "PA_1", "r", "alice");
+        assert!(matches!(
+            drain(&mut rx).first(),
+            Some(ToParticipant::Signal(ServerSignal::Joined { .. }))
+        ));
+        w.handle_timeout(t0 + Duration::from_secs(4));
+        assert_eq!(w.participant_count(), 1);
+        w.handle_timeout(t0 + Duration::from_secs(6));
+        assert_eq!(w.participant_count(), 0);
+        assert_eq!(w.room_count(), 0);
+        assert!(
+            drain(&mut rx)
+                .iter()
+                .any(|m| matches!(m, ToParticipant::Close(ErrorCode::Timeout, _)))
+        );
+    }
+
+    #[test]
+    fn room_full_and_duplicate_identity_are_refused_or_replaced() {
+        let mut w = worker(Duration::from_secs(30));
+        let now = Instant::now();
+        let mut a = join(&mut w, now, "PA_a", "r", "alice");
+        let _b = join(&mut w, now, "PA_b", "r", "bob");
+        let mut c = join(&mut w, now, "PA_c", "r", "carol");
+        assert!(
+            drain(&mut c)
+                .iter()
+                .any(|m| matches!(m, ToParticipant::Close(ErrorCode::RoomFull, _)))
+        );
+        assert_eq!(w.participant_count(), 2);
+        // alice again, from a second connection: the first one is closed.
+        let mut a2 = join(&mut w, now, "PA_a2", "r", "alice");
+        assert!(
+            drain(&mut a)
+                .iter()
+                .any(|m| matches!(m, ToParticipant::Close(ErrorCode::DuplicateIdentity, _)))
+        );
+        assert!(matches!(
+            drain(&mut a2).first(),
+            Some(ToParticipant::Signal(ServerSignal::Joined { participants, .. })) if participants.len() == 1
+        ));
+        assert_eq!(w.participant_count(), 2);
+    }
+
+    #[test]
+    fn garbage_datagrams_never_reach_or_break_participants() {
+        let mut w = worker(Duration::from_secs(30));
+        let now = Instant::now();
+        let mut rx = join(&mut w, now, "PA_1", "r", "alice");
+        drain(&mut rx);
+        let ufrag = w.participants[0].as_ref().unwrap().ufrag.clone();
+        let from: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        // Deterministic pseudo-random bytes (xorshift), some shaped like STUN
+        // binding requests naming the participant's ufrag so they reach str0m.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..5_000 {
+            let len = (next() % 600) as usize;
+            let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 2 == 0 {
+                let user = format!("{ufrag}:zz");
+                let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+                m.extend((0..12).map(|_| next() as u8));
+                m.extend_from_slice(&0x0006u16.to_be_bytes());
+                m.extend_from_slice(&(user.len() as u16).to_be_bytes());
+                m.extend_from_slice(user.as_bytes());
+                while m.len() % 4 != 0 {
+                    m.push(0);
+                }
+                m.extend(d.drain(..d.len().min(64)));
+                let body = (m.len() - 20) as u16;
+                m[2..4].copy_from_slice(&body.to_be_bytes());
+                d = m;
+            }
+            w.handle_datagram(now, from, &d);
+        }
+        assert_eq!(w.participant_count(), 1, "participant survived the garbage");
+        assert_eq!(w.stats().participants_panicked, 0);
+        assert!(w.stats().datagrams_dropped > 0);
     }
 }
