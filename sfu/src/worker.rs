@@ -828,7 +828,7 @@ impl Worker {
             Event::MediaAdded(m) => {
                 let Some(p) = self.get(key) else { return };
                 // Media the client sends to us is a publication.
-                if m.direction != Direction::RecvOnly {
+                if !matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) {
                     return;
                 }
                 if !p.can_publish {

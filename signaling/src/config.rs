@@ -15,6 +15,8 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     pub media: SfuConfig,
     pub keys: ApiKeys,
+    /// Signaling session limits (timeouts, message rate).
+    pub limits: crate::session::Limits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +73,7 @@ impl ServerConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7880)),
             media: SfuConfig::default(),
             keys: ApiKeys::default(),
+            limits: crate::session::Limits::default(),
         }
     }
 

@@ -42,7 +42,7 @@ impl Server {
         let state = AppState {
             keys: Arc::new(config.keys.clone()),
             rooms: Arc::new(rooms::RoomDirectory::new(plane.workers)),
-            limits: Arc::new(session::Limits::default()),
+            limits: Arc::new(config.limits.clone()),
         };
         let listener = TcpListener::bind(config.http_addr)
             .await

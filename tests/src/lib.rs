@@ -40,12 +40,21 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(workers: usize) -> anyhow::Result<TestServer> {
+        Self::start_with(workers, |_| {}).await
+    }
+
+    /// Start with a config adjusted by `tweak` (e.g. shorter timeouts).
+    pub async fn start_with(
+        workers: usize,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<TestServer> {
         init_tracing();
         let mut config = ServerConfig::dev();
         config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.media.first_port = 0;
         config.media.workers = workers;
         config.keys.insert(KEY, SECRET)?;
+        tweak(&mut config);
         let server = Server::start(config).await?;
         let base = format!("http://{}", server.http_addr);
         Ok(TestServer { server, base })

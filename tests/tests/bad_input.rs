@@ -307,3 +307,30 @@ async fn random_udp_datagrams_do_not_disturb_a_live_call() -> anyhow::Result<()>
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn silent_clients_are_timed_out() -> anyhow::Result<()> {
+    let srv = TestServer::start_with(1, |c| {
+        c.limits.join_timeout = Duration::from_millis(300);
+        c.limits.idle_timeout = Duration::from_millis(500);
+    })
+    .await?;
+    // Never sends join.
+    let mut c = SignalClient::connect(&srv.base, &srv.token("bad", "mute", Role::Speaker)).await?;
+    expect_error(&mut c, ErrorCode::Timeout).await;
+    expect_closed(&mut c, 1008).await;
+    // Joins, then goes quiet.
+    let mut d = joined(&srv, "quiet").await;
+    loop {
+        match next(&mut d).await {
+            Ok(ServerSignal::Error { code, .. }) => {
+                assert_eq!(code, ErrorCode::Timeout);
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("expected a timeout error first, got {e}"),
+        }
+    }
+    expect_closed(&mut d, 1008).await;
+    Ok(())
+}
