@@ -33,7 +33,9 @@ use rtc::interceptor::{
     Attribute, AttributedPacket, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo,
     TaggedPacket,
 };
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
+};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -61,6 +63,8 @@ use webrtc::rtp_transceiver::{
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 /// Payload type registered for VP8 (90000 Hz).
 pub const VP8_PAYLOAD_TYPE: u8 = 96;
+/// Payload type registered for VP8 retransmissions (RTX, apt=96).
+pub const VP8_RTX_PAYLOAD_TYPE: u8 = 97;
 
 /// How long [`Peer::create_offer`] / [`Peer::accept_offer`] wait for ICE gathering.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -449,6 +453,20 @@ impl Peer {
         )?;
         media_engine.register_codec(
             MediaKind::Video.codec_parameters(),
+            MediaKind::Video.codec_kind(),
+        )?;
+        // RTX (RFC 4588) for VP8, so retransmissions can be negotiated.
+        media_engine.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_RTX.to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: format!("apt={VP8_PAYLOAD_TYPE}"),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: VP8_RTX_PAYLOAD_TYPE,
+            },
             MediaKind::Video.codec_kind(),
         )?;
         // NACK generator/responder (+ `nack`, `nack pli` feedback on video), sender/receiver

@@ -804,10 +804,19 @@ impl Worker {
                 self.request_keyframe(now, publisher, mid);
             }
             Event::Connected => {
-                if let Some(p) = self.get(key) {
-                    p.connected = true;
-                    p.down_since = None;
-                    info!(participant = %p.id, after_ms = now.saturating_duration_since(p.joined_at).as_millis() as u64, "media connected");
+                let Some(p) = self.get(key) else { return };
+                p.connected = true;
+                p.down_since = None;
+                info!(participant = %p.id, after_ms = now.saturating_duration_since(p.joined_at).as_millis() as u64, "media connected");
+                // Video negotiated before the connection came up starts now, on a keyframe.
+                let wanted: Vec<(ParticipantKey, Mid)> = p
+                    .subscriptions
+                    .iter()
+                    .filter(|s| s.state == SubscriptionState::Active && s.kind == MediaKind::Video)
+                    .map(|s| (s.publisher, s.source_mid))
+                    .collect();
+                for (publisher, mid) in wanted {
+                    self.request_keyframe(now, publisher, mid);
                 }
             }
             Event::IceConnectionStateChange(state) => {
@@ -930,6 +939,11 @@ impl Worker {
             let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) else {
                 continue;
             };
+            // Until its media connection is up, a subscriber would lose what we
+            // write, and a video subscriber would then start without a keyframe.
+            if !q.connected {
+                continue;
+            }
             let Some(s) = q.subscriptions.iter_mut().find(|s| {
                 s.publisher == publisher
                     && s.source_mid == mid

@@ -190,6 +190,26 @@ impl TestParticipant {
         role: Role,
         publish: Publish,
     ) -> anyhow::Result<TestParticipant> {
+        Self::join_via(base, room, identity, role, publish, None).await
+    }
+
+    /// Join with the server's media address replaced by `via` in every SDP
+    /// the server sends, so media goes through a relay (see [`LossyRelay`]).
+    pub async fn join_via(
+        base: &str,
+        room: &str,
+        identity: &str,
+        role: Role,
+        publish: Publish,
+        via: Option<(SocketAddr, SocketAddr)>,
+    ) -> anyhow::Result<TestParticipant> {
+        let rewrite = move |sdp: String| match via {
+            Some((server, relay)) => sdp.replace(
+                &format!("{} {} typ host", server.ip(), server.port()),
+                &format!("{} {} typ host", relay.ip(), relay.port()),
+            ),
+            None => sdp,
+        };
         let connected_at = Instant::now();
         let mut sig =
             SignalClient::connect_url(&rtc_url(base, &token(room, identity, role), None)?)
@@ -271,7 +291,7 @@ impl TestParticipant {
                                             m.insert(t.mid.clone(), t);
                                         }
                                     }
-                                    match peer.accept_offer(&sdp).await {
+                                    match peer.accept_offer(&rewrite(sdp)).await {
                                         Ok(answer) => {
                                             if sig.send(&ClientSignal::Answer { id, sdp: answer }).await.is_err() {
                                                 return;
@@ -282,7 +302,7 @@ impl TestParticipant {
                                 }
                                 ServerSignal::Answer { sdp, .. } => {
                                     local_offer_out = false;
-                                    if let Err(e) = peer.apply_answer(&sdp).await {
+                                    if let Err(e) = peer.apply_answer(&rewrite(sdp)).await {
                                         tracing::error!(error = %e, "apply_answer failed");
                                     }
                                 }
@@ -527,5 +547,86 @@ async fn send_video(track: LocalTrack) {
             seq = seq.wrapping_add(1);
         }
         ts = ts.wrapping_add(6000);
+    }
+}
+
+/// A UDP relay between one client and the server that drops every `nth`
+/// large RTP packet (video) of its first payload type in one direction.
+/// Retransmissions use another payload type (RTX) and are never dropped.
+pub struct LossyRelay {
+    pub addr: SocketAddr,
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToServer,
+    ToClient,
+}
+
+impl LossyRelay {
+    pub async fn start(
+        server: SocketAddr,
+        lossy: Direction,
+        nth: u64,
+    ) -> anyhow::Result<LossyRelay> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let addr = front.local_addr()?;
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        let task = tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
+            let mut video_pt: Option<u8> = None;
+            let mut seen = 0u64;
+            let mut drop_it = |d: &[u8]| -> bool {
+                // RTP (not RTCP: PT 192..=223 in the second byte) and large.
+                let is_rtp = d.len() > 500 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
+                if !is_rtp {
+                    return false;
+                }
+                let pt = d[1] & 0x7f;
+                if *video_pt.get_or_insert(pt) != pt {
+                    return false;
+                }
+                seen += 1;
+                if seen.is_multiple_of(nth) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                false
+            };
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        if lossy == Direction::ToServer && drop_it(&a[..n]) { continue; }
+                        let _ = back.send_to(&a[..n], server).await;
+                    }
+                    r = back.recv_from(&mut b) => {
+                        let Ok((n, _)) = r else { return };
+                        if lossy == Direction::ToClient && drop_it(&b[..n]) { continue; }
+                        if let Some(c) = client {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(LossyRelay {
+            addr,
+            dropped,
+            task,
+        })
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -217,3 +217,88 @@ async fn three_participants_hear_and_see_each_other() -> anyhow::Result<()> {
     assert_eq!(n, 2);
     Ok(())
 }
+
+/// Loss on the publisher's uplink is repaired by the server's NACKs, loss on
+/// the subscriber's downlink by the server's retransmissions: the subscriber
+/// ends up with every video packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_packets_are_recovered_in_both_directions() -> anyhow::Result<()> {
+    use stamma_tests::{Direction, LossyRelay};
+    let srv = TestServer::start(1).await?;
+    let media = srv.media_addr();
+    let up = LossyRelay::start(media, Direction::ToServer, 15).await?;
+    let down = LossyRelay::start(media, Direction::ToClient, 15).await?;
+    let publisher = TestParticipant::join_via(
+        &srv.base,
+        "lossy",
+        "pub",
+        Role::Speaker,
+        Publish {
+            tone_hz: Some(440.0),
+            video: true,
+        },
+        Some((media, up.addr)),
+    )
+    .await?;
+    let subscriber = TestParticipant::join_via(
+        &srv.base,
+        "lossy",
+        "sub",
+        Role::Attendee,
+        Publish {
+            tone_hz: None,
+            video: false,
+        },
+        Some((media, down.addr)),
+    )
+    .await?;
+    let video = || subscriber.received_from(&publisher.id, MediaKind::Video);
+    wait_until(Duration::from_secs(20), "video through lossy links", || {
+        video()
+            .and_then(|t| subscriber.with_received(&t, |r| r.packets))
+            .unwrap_or(0)
+            >= 200
+    })
+    .await?;
+    let up_dropped = up.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let down_dropped = down.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        up_dropped > 5 && down_dropped > 5,
+        "relays dropped {up_dropped}/{down_dropped}"
+    );
+    // Every sequence number between the first and the last ones received
+    // (minus the most recent half second, which may still be in repair).
+    let t = video().expect("video");
+    let mut seqs: Vec<u64> = subscriber
+        .with_received(&t, |r| {
+            let mut ext = Vec::new();
+            let mut last: Option<u64> = None;
+            for &s in &r.seqs {
+                let e = match last {
+                    None => s as u64 + 65_536,
+                    Some(l) => {
+                        let diff = s.wrapping_sub(l as u16) as i16 as i64;
+                        (l as i64 + diff) as u64
+                    }
+                };
+                last = Some(e.max(last.unwrap_or(0)));
+                ext.push(e);
+            }
+            ext
+        })
+        .expect("seqs");
+    seqs.sort_unstable();
+    seqs.dedup();
+    let span = seqs.len().saturating_sub(20);
+    let (first, last) = (seqs[0], seqs[span - 1]);
+    let missing: Vec<u64> = (first..=last)
+        .filter(|s| seqs.binary_search(s).is_err())
+        .collect();
+    eprintln!(
+        "dropped up {up_dropped}, down {down_dropped}; received {} unique, missing {}",
+        seqs.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "not recovered: {missing:?}");
+    Ok(())
+}
