@@ -33,6 +33,12 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 const MAX_ADDRS_PER_PARTICIPANT: usize = 8;
 /// Bound on polling rounds per input, so a bug cannot spin the worker.
 const MAX_POLL_ROUNDS: usize = 100_000;
+/// Tracks one participant may publish (camera, microphone, screen and its
+/// audio, with room to spare).
+pub const MAX_PUBLISHED_TRACKS: usize = 8;
+/// m-lines accepted in a client offer. Publishing happens on the client's own
+/// m-lines, but a reused connection may carry stopped ones too.
+const MAX_OFFER_M_LINES: usize = 32;
 
 /// Counters a driver can export.
 #[derive(Debug, Default, Clone, Copy)]
@@ -463,6 +469,14 @@ impl Worker {
             ));
             return;
         }
+        let m_lines = sdp.lines().filter(|l| l.starts_with("m=")).count();
+        if m_lines > MAX_OFFER_M_LINES {
+            p.send(ServerSignal::error(
+                ErrorCode::BadSdp,
+                format!("offer has {m_lines} m-lines; at most {MAX_OFFER_M_LINES} are accepted"),
+            ));
+            return;
+        }
         let offer = match SdpOffer::from_sdp_string(sdp) {
             Ok(o) => o,
             Err(e) => {
@@ -841,6 +855,13 @@ impl Worker {
                     return;
                 }
                 if !p.can_publish {
+                    return;
+                }
+                if p.published.len() >= MAX_PUBLISHED_TRACKS {
+                    p.send(ServerSignal::error(
+                        ErrorCode::BadSdp,
+                        format!("at most {MAX_PUBLISHED_TRACKS} tracks can be published; m-line {} ignored", m.mid),
+                    ));
                     return;
                 }
                 let kind = match m.kind {

@@ -296,7 +296,8 @@ impl Session {
                         }
                     }
                     Some(ToParticipant::Close(code, message)) => return End::Error(code, message),
-                    None => return End::Error(ErrorCode::Internal, "media worker stopped".into()),
+                    // The worker dropped us (e.g. we could not keep up with its signals).
+                    None => return End::Error(ErrorCode::Internal, "the media server ended this session".into()),
                 },
                 r = tokio::time::timeout_at(last_heard + idle, self.recv()) => {
                     let signal = match r {

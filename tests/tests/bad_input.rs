@@ -121,6 +121,10 @@ async fn garbage_sdp_gets_bad_sdp_and_session_continues() -> anyhow::Result<()> 
         "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n",
         "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n",
         &"m=video 1 2 3\r\n".repeat(1000),
+        &format!(
+            "v=0\r\n{}",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n".repeat(40)
+        ),
     ] {
         c.send(&ClientSignal::Offer {
             sdp: sdp.into(),
