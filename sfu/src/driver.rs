@@ -158,14 +158,18 @@ async fn worker_loop(
             r = socket.recv_from(&mut buf) => {
                 match r {
                     Ok((n, source)) => {
-                        worker.handle_datagram(Instant::now(), source, &buf[..n]);
+                        // One clock reading for the batch: subscribers then get
+                        // one clock advance per batch, not per packet.
+                        let now = Instant::now();
+                        worker.handle_datagram(now, source, &buf[..n]);
                         // Drain what else is queued before looking at timers.
                         for _ in 1..RECV_BATCH {
                             match socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => worker.handle_datagram(Instant::now(), source, &buf[..n]),
+                                Ok((n, source)) => worker.handle_datagram(now, source, &buf[..n]),
                                 Err(_) => break,
                             }
                         }
+                        worker.flush(now);
                     }
                     // ICMP port unreachable and the like surface here on Linux; not fatal.
                     Err(e) => debug!(worker = index, error = %e, "recv failed"),

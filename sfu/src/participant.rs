@@ -45,8 +45,8 @@ pub struct Participant {
     /// Since when the media connection has been down (or never up).
     pub down_since: Option<Instant>,
     pub next_timeout: Option<Instant>,
-    /// Queued for polling in the worker's current round.
-    pub dirty: bool,
+    /// The time the `Rtc` last got as input (its clock).
+    pub clock: Instant,
     signals: mpsc::Sender<ToParticipant>,
     /// Set when the signal queue overflowed or the session went away.
     pub signal_failed: bool,
@@ -104,7 +104,7 @@ impl Participant {
             connected: false,
             down_since: Some(now),
             next_timeout: Some(now),
-            dirty: false,
+            clock: now,
             signals: req.signals,
             signal_failed: false,
         })

@@ -64,7 +64,10 @@ pub struct Worker {
     rooms: HashMap<String, Room>,
     demux: Demux,
     outbox: Vec<Transmit>,
-    dirty: Vec<ParticipantKey>,
+    /// Events drained from participants, handled in order by `settle`.
+    events: std::collections::VecDeque<(ParticipantKey, Event)>,
+    /// Reused list of a packet's subscribers (no allocation per packet).
+    scratch: Vec<ParticipantKey>,
     /// Earliest `next_timeout` of any participant (possibly stale-early).
     earliest: Option<Instant>,
     doomed: Vec<(ParticipantKey, ErrorCode, String)>,
@@ -89,7 +92,8 @@ impl Worker {
             rooms: HashMap::new(),
             demux: Demux::default(),
             outbox: Vec::new(),
-            dirty: Vec::new(),
+            events: std::collections::VecDeque::new(),
+            scratch: Vec::new(),
             earliest: None,
             doomed: Vec::new(),
             stats: WorkerStats::default(),
@@ -127,17 +131,30 @@ impl Worker {
         self.participants.get_mut(key).and_then(|p| p.as_mut())
     }
 
-    fn mark_dirty(&mut self, key: ParticipantKey) {
-        if let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut())
-            && !p.dirty
-        {
-            p.dirty = true;
-            self.dirty.push(key);
+    /// Feed a timeout so the participant's clock reads `now` (str0m sends
+    /// written RTP only once its clock has reached the packet's time), then drain.
+    fn advance(&mut self, now: Instant, key: ParticipantKey) {
+        let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        if p.clock >= now {
+            return;
         }
+        p.clock = now;
+        match catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(Input::Timeout(now)))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(participant = %p.id, error = %e, "timeout handling failed"),
+            Err(_) => {
+                self.panicked(key);
+                return;
+            }
+        }
+        self.drain(key);
     }
 
     // ---- inputs -------------------------------------------------------
 
+    /// Take in one datagram. Call [`Worker::flush`] after a batch of them.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
         let Some((key, new_addr)) = self.demux.route(source, data) else {
@@ -164,6 +181,7 @@ impl Worker {
             p.addrs.push(source);
             self.demux.add_addr(source, key);
         }
+        p.clock = p.clock.max(now);
         let result = catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(input)));
         match result {
             Ok(Ok(())) => {}
@@ -173,9 +191,17 @@ impl Worker {
             }
             Err(_) => {
                 self.panicked(key);
+                return;
             }
         }
-        self.mark_dirty(key);
+        // Events wait for `flush`, so a batch of datagrams shares one clock
+        // advance per subscriber.
+        self.drain(key);
+    }
+
+    /// Poll every participant that had input since the last flush: forwards
+    /// media, fills the outbox, emits signals.
+    pub fn flush(&mut self, now: Instant) {
         self.settle(now);
     }
 
@@ -196,15 +222,16 @@ impl Worker {
                 continue;
             }
             if p.next_timeout.is_some_and(|t| t <= now) {
+                p.clock = p.clock.max(now);
                 let r = catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(Input::Timeout(now))));
                 match r {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => self.drain(key),
                     Ok(Err(e)) => {
-                        debug!(participant = %p.id, error = %e, "timeout handling failed")
+                        debug!(participant = %p.id, error = %e, "timeout handling failed");
+                        self.drain(key);
                     }
                     Err(_) => self.panicked(key),
                 }
-                self.mark_dirty(key);
             }
         }
         self.settle(now);
@@ -341,8 +368,9 @@ impl Worker {
         self.broadcast(&room_name, key, |_| ServerSignal::ParticipantJoined {
             participant: info.clone(),
         });
+        // Drain the new Rtc (candidate added) before its first offer.
+        self.drain(key);
         self.maybe_offer(key);
-        self.mark_dirty(key);
     }
 
     /// Send a signal to everyone in `room` except `except`.
@@ -373,7 +401,6 @@ impl Worker {
         self.free.push(key);
         self.by_id.remove(&p.id);
         self.demux.remove(&p.ufrag, &p.addrs);
-        self.dirty.retain(|k| *k != key);
         p.rtc.disconnect();
         info!(participant = %p.id, room = %p.room, reason, "participant left");
         let tracks: Vec<(String, Mid)> =
@@ -513,8 +540,9 @@ impl Worker {
                 return;
             }
         };
-        // Poll now so MediaAdded creates the tracks the answer lists.
-        self.poll_participant(now, key);
+        // Drain and handle events now, so MediaAdded creates the tracks the answer lists.
+        self.drain(key);
+        self.settle(now);
         let Some(p) = self.get(key) else { return };
         let tracks = p.published.iter().map(|t| t.info(&p.id)).collect();
         p.send(ServerSignal::Answer {
@@ -581,7 +609,7 @@ impl Worker {
                 return;
             }
         }
-        self.mark_dirty(key);
+        self.drain(key);
         // A new video subscriber can only start on a keyframe.
         for (publisher, mid) in newly_active {
             self.request_keyframe(now, publisher, mid);
@@ -634,7 +662,7 @@ impl Worker {
                 tracks,
             });
         }
-        self.mark_dirty(key);
+        self.drain(key);
     }
 
     /// A track of `publisher` is gone: tell the room and drop the subscriptions.
@@ -718,17 +746,14 @@ impl Worker {
     /// then remove the ones that failed.
     fn settle(&mut self, now: Instant) {
         let mut rounds = 0;
-        while let Some(key) = self.dirty.pop() {
-            if let Some(p) = self.get(key) {
-                p.dirty = false;
-            }
+        while let Some((key, event)) = self.events.pop_front() {
             rounds += 1;
             if rounds > MAX_POLL_ROUNDS {
-                warn!("poll round limit reached");
-                self.dirty.clear();
+                warn!("event limit reached");
+                self.events.clear();
                 break;
             }
-            self.poll_participant(now, key);
+            self.participant_event(now, key, event);
         }
         while let Some((key, code, why)) = self.doomed.pop() {
             if let Some(p) = self.get(key) {
@@ -752,9 +777,10 @@ impl Worker {
         }
     }
 
-    /// Poll one participant's `Rtc` until it has nothing more, handling its events.
-    fn poll_participant(&mut self, now: Instant, key: ParticipantKey) {
-        let mut new_tracks = Vec::new();
+    /// Poll one participant's `Rtc` until it returns a timeout. str0m wants
+    /// every mutation drained before the next one; events are queued and
+    /// handled by [`Worker::settle`], so draining never recurses.
+    fn drain(&mut self, key: ParticipantKey) {
         let mut rounds = 0;
         loop {
             rounds += 1;
@@ -789,24 +815,15 @@ impl Worker {
                     if self.earliest.is_none_or(|e| t < e) {
                         self.earliest = Some(t);
                     }
-                    break;
+                    return;
                 }
                 Output::Transmit(t) => self.outbox.push(t),
-                Output::Event(e) => self.participant_event(now, key, e, &mut new_tracks),
+                Output::Event(e) => self.events.push_back((key, e)),
             }
-        }
-        if !new_tracks.is_empty() {
-            self.publish_to_room(key, &new_tracks);
         }
     }
 
-    fn participant_event(
-        &mut self,
-        now: Instant,
-        key: ParticipantKey,
-        event: Event,
-        new_tracks: &mut Vec<String>,
-    ) {
+    fn participant_event(&mut self, now: Instant, key: ParticipantKey, event: Event) {
         match event {
             Event::RtpPacket(pkt) => self.forward_rtp(now, key, pkt),
             Event::KeyframeRequest(req) => {
@@ -878,7 +895,7 @@ impl Worker {
                 let id = format!("TR_{}", crate::participant::random_token(12));
                 p.published
                     .push(Track::new(id.clone(), m.mid, kind, source));
-                new_tracks.push(id);
+                self.publish_to_room(key, &[id]);
             }
             Event::MediaChanged(m) => {
                 let Some(p) = self.get(key) else { return };
@@ -891,7 +908,6 @@ impl Worker {
                 };
                 let (track_id, mid) = (t.id.clone(), t.mid);
                 p.published.retain(|t| t.mid != mid);
-                new_tracks.retain(|id| *id != track_id);
                 let (room, pid) = (p.room.clone(), p.id.clone());
                 self.unpublish_from_room(&room, key, &pid, &track_id, mid);
             }
@@ -908,7 +924,7 @@ impl Worker {
         if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
         }
-        self.mark_dirty(publisher);
+        self.drain(publisher);
     }
 
     fn forward_rtp(&mut self, now: Instant, publisher: ParticipantKey, pkt: RtpPacket) {
@@ -920,17 +936,27 @@ impl Worker {
         else {
             return;
         };
-        let Some(mid) = p
-            .rtc
-            .direct_api()
-            .stream_rx(&pkt.header.ssrc)
-            .map(|s| s.mid())
-        else {
-            return;
+        let ssrc = pkt.header.ssrc;
+        // Which track: by its known SSRC, else ask str0m once and remember.
+        let known = p
+            .published
+            .iter()
+            .position(|t| t.layers.iter().any(|l| l.ssrc == Some(ssrc)));
+        let index = match known {
+            Some(i) => i,
+            None => {
+                let Some(mid) = p.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                    return;
+                };
+                let Some(i) = p.published.iter().position(|t| t.mid == mid) else {
+                    return;
+                };
+                p.published[i].layers[0].ssrc = Some(ssrc);
+                i
+            }
         };
-        let Some(track) = p.published.iter().find(|t| t.mid == mid) else {
-            return;
-        };
+        let track = &p.published[index];
+        let mid = track.mid;
         let is_video = track.kind == MediaKind::Video;
         let in_pt = pkt.header.payload_type;
         let Some(codec) = p
@@ -942,9 +968,16 @@ impl Worker {
             return;
         };
         let starts_keyframe = is_video && vp8_starts_keyframe(&pkt.payload);
-        let Some(room) = self.rooms.get(&p.room) else {
-            return;
-        };
+        let mut subscribers = std::mem::take(&mut self.scratch);
+        subscribers.clear();
+        if let Some(room) = self.rooms.get(&p.room) {
+            subscribers.extend(
+                room.participants
+                    .iter()
+                    .copied()
+                    .filter(|k| *k != publisher),
+            );
+        }
         let seq: u64 = *pkt.seq_no;
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,
@@ -953,10 +986,7 @@ impl Worker {
             ..ExtensionValues::default()
         };
         let mut need_keyframe = false;
-        for &k in &room.participants {
-            if k == publisher {
-                continue;
-            }
+        for &k in &subscribers {
             let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) else {
                 continue;
             };
@@ -973,18 +1003,6 @@ impl Worker {
                 continue;
             };
             let Some(out_mid) = s.mid else { continue };
-            let (seq_out, ts_out) =
-                match s
-                    .forwarder
-                    .forward(seq, pkt.header.timestamp, starts_keyframe)
-                {
-                    Forward::Send { seq, timestamp } => (seq, timestamp),
-                    Forward::NeedKeyframe => {
-                        need_keyframe = true;
-                        continue;
-                    }
-                    Forward::Stale => continue,
-                };
             let out_pt = match s.pt_map {
                 Some((i, o)) if i == in_pt => o,
                 _ => {
@@ -999,6 +1017,26 @@ impl Worker {
                     s.pt_map = Some((in_pt, o));
                     o
                 }
+            };
+            let (seq_out, ts_out) =
+                match s
+                    .forwarder
+                    .forward(seq, pkt.header.timestamp, starts_keyframe)
+                {
+                    Forward::Send { seq, timestamp } => (seq, timestamp),
+                    Forward::NeedKeyframe => {
+                        need_keyframe = true;
+                        continue;
+                    }
+                    Forward::Stale => continue,
+                };
+            // Each str0m mutation is drained before the next: first bring the
+            // subscriber's clock to now, then write and drain.
+            if q.clock < now {
+                self.advance(now, k);
+            }
+            let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) else {
+                continue;
             };
             let mut api = q.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
@@ -1017,11 +1055,9 @@ impl Worker {
                 .nackable(true),
             );
             self.stats.rtp_forwarded += 1;
-            if !q.dirty {
-                q.dirty = true;
-                self.dirty.push(k);
-            }
+            self.drain(k);
         }
+        self.scratch = subscribers;
         if need_keyframe {
             self.request_keyframe(now, publisher, mid);
         }
@@ -1212,6 +1248,7 @@ mod sans_io_tests {
                 d = m;
             }
             w.handle_datagram(now, from, &d);
+            w.flush(now);
         }
         assert_eq!(w.participant_count(), 1, "participant survived the garbage");
         assert_eq!(w.stats().participants_panicked, 0);

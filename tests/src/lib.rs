@@ -1,5 +1,8 @@
 //! Harness for the end-to-end tests: a server on ephemeral loopback ports and
 //! participants built on webrtc-rs (a WebRTC stack independent of the server's).
+//! [`sim`] is the in-memory variant: the sans-IO worker with str0m peers.
+
+pub mod sim;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,45 @@
+//! The forwarding hot path: one video packet from a publisher goes through
+//! the worker (SRTP decrypt, route, rewrite, SRTP encrypt per subscriber).
+//!
+//! cargo bench -p stamma-tests --bench forwarding
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use stamma_tests::sim::SimRoom;
+
+fn room(subscribers: usize) -> SimRoom {
+    let mut room = SimRoom::new().expect("room");
+    room.join(true).expect("publisher");
+    for _ in 0..subscribers {
+        room.join(false).expect("subscriber");
+    }
+    room.settle(Duration::from_secs(60)).expect("settled");
+    // Start every forwarder on a keyframe.
+    room.publish_packet(0, true, 1100);
+    room.step().expect("step");
+    room
+}
+
+fn forward_one_packet(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forward_video_packet");
+    for subscribers in [1usize, 10, 49] {
+        let mut r = room(subscribers);
+        group.throughput(Throughput::Elements(subscribers as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(subscribers),
+            &subscribers,
+            |b, _| {
+                b.iter(|| {
+                    r.publish_packet(0, false, 1100);
+                    black_box(r.server_round())
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forward_one_packet);
+criterion_main!(benches);
