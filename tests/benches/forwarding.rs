@@ -41,5 +41,28 @@ fn forward_one_packet(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward_one_packet);
+/// Ten packets arriving in one receive batch (one clock reading), as the
+/// UDP driver hands them to the worker under load.
+fn forward_batch_of_ten(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forward_video_batch_of_10");
+    for subscribers in [10usize, 49] {
+        let mut r = room(subscribers);
+        group.throughput(Throughput::Elements(10 * subscribers as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(subscribers),
+            &subscribers,
+            |b, _| {
+                b.iter(|| {
+                    for _ in 0..10 {
+                        r.publish_packet(0, false, 1100);
+                    }
+                    black_box(r.server_round())
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forward_one_packet, forward_batch_of_ten);
 criterion_main!(benches);
