@@ -155,9 +155,10 @@ pub struct Received {
     pub seqs: Vec<u16>,
     /// (arrival, picture id) of keyframe starts (video tracks).
     pub keyframes: Vec<(Instant, u16)>,
-    /// Whether the first video frame whose start was received is a keyframe.
-    /// (webrtc-rs may lose a track's very first packets, so this looks at
-    /// frame starts rather than the first packet.)
+    /// Whether the packet with sequence number 1 (the server numbers each
+    /// subscriber's video from 1, at a keyframe) starts a keyframe. `None` if
+    /// the client never saw it: webrtc-rs can lose a track's first packets
+    /// while it installs its SRTP keys.
     pub first_is_keyframe: Option<bool>,
     pub ended: bool,
 }
@@ -490,8 +491,8 @@ async fn read_track(
             MediaKind::Video => {
                 r.seqs.push(pkt.seq);
                 if let Some(info) = Vp8Frames::parse(&pkt.payload) {
-                    if info.start_of_frame {
-                        r.first_is_keyframe.get_or_insert(info.keyframe);
+                    if pkt.seq == 1 {
+                        r.first_is_keyframe = Some(info.keyframe);
                     }
                     if info.keyframe {
                         r.keyframes.push((now, info.picture_id));

@@ -32,6 +32,8 @@ pub struct SimPeer {
     pub connected: bool,
     /// RTP packets received, per mid.
     pub received: HashMap<Mid, u64>,
+    /// The first payload received, per mid.
+    pub first_payload: HashMap<Mid, Vec<u8>>,
     video_mid: Option<Mid>,
     seq: u64,
     timestamp: u32,
@@ -103,6 +105,7 @@ impl SimRoom {
             pending: None,
             connected: false,
             received: HashMap::new(),
+            first_payload: HashMap::new(),
             video_mid: None,
             seq: 1,
             timestamp: 0,
@@ -238,6 +241,9 @@ impl SimRoom {
                         .map(|s| s.mid());
                     if let Some(mid) = mid {
                         *p.received.entry(mid).or_default() += 1;
+                        p.first_payload
+                            .entry(mid)
+                            .or_insert_with(|| pkt.payload.to_vec());
                     }
                 }
                 Output::Event(_) => {}

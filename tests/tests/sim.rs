@@ -13,7 +13,14 @@ fn simulated_publisher_reaches_every_subscriber() -> anyhow::Result<()> {
         room.join(false)?;
     }
     room.settle(Duration::from_secs(20))?;
-    assert!(room.publish_packet(0, true, 1000), "publisher stream ready");
+    // Delta frames first: the forwarders must hold them back until a keyframe.
+    for _ in 0..3 {
+        assert!(
+            room.publish_packet(0, false, 1000),
+            "publisher stream ready"
+        );
+        room.step()?;
+    }
     for n in 0..50 {
         room.publish_packet(0, n % 25 == 0, 1000);
         room.step()?;
