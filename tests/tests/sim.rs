@@ -34,6 +34,13 @@ fn simulated_publisher_reaches_every_subscriber() -> anyhow::Result<()> {
             "subscriber {i} got {}",
             room.received(i)
         );
+        // Every subscriber's video starts on a keyframe.
+        let firsts = &room.peers[i].first_payload;
+        assert!(!firsts.is_empty());
+        for first in firsts.values() {
+            let info = stamma_client::media::Vp8Frames::parse(first).expect("vp8");
+            assert!(info.keyframe, "subscriber {i} started on a delta frame");
+        }
     }
     Ok(())
 }
