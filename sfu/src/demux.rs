@@ -75,8 +75,8 @@ impl Demux {
         self.by_ufrag.get(ufrag).map(|k| (*k, true))
     }
 
-    pub fn addr_count(&self) -> usize {
-        self.by_addr.len()
+    pub fn remove_addr(&mut self, addr: SocketAddr) {
+        self.by_addr.remove(&addr);
     }
 }
 

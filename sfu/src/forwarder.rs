@@ -24,7 +24,6 @@ pub struct Forwarder {
     seq_offset: u64,
     /// Highest outgoing sequence number sent.
     last_seq: u64,
-    timestamp_offset: u32,
 }
 
 impl Forwarder {
@@ -34,12 +33,7 @@ impl Forwarder {
             started: false,
             seq_offset: 0,
             last_seq: 0,
-            timestamp_offset: 0,
         }
-    }
-
-    pub fn is_started(&self) -> bool {
-        self.started
     }
 
     /// Start over at the next keyframe (e.g. after the source changed), keeping
@@ -66,7 +60,7 @@ impl Forwarder {
         }
         Forward::Send {
             seq: out,
-            timestamp: timestamp.wrapping_sub(self.timestamp_offset),
+            timestamp,
         }
     }
 }

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use rand::Rng;
-use stamma_proto::{ParticipantInfo, PublishedTrack, Role, ServerSignal, SubscribedTrack};
+use stamma_proto::{
+    ParticipantInfo, PublishedTrack, Role, ServerSignal, SubscribedTrack, random_token,
+};
 use str0m::change::SdpPendingOffer;
 use str0m::config::DtlsCert;
 use str0m::media::Mid;
@@ -50,14 +51,6 @@ pub struct Participant {
     signals: mpsc::Sender<ToParticipant>,
     /// Set when the signal queue overflowed or the session went away.
     pub signal_failed: bool,
-}
-
-pub fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 impl Participant {

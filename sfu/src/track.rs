@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use stamma_proto::{MediaKind, TrackInfo, TrackSource};
-use str0m::media::{Mid, Rid};
+use str0m::format::Codec;
+use str0m::media::{Mid, Pt, Rid};
 use str0m::rtp::Ssrc;
 
 /// Keyframe requests to a publisher are sent at most this often per track:
@@ -26,6 +27,8 @@ pub struct Track {
     pub source: TrackSource,
     pub muted: bool,
     pub layers: Vec<Layer>,
+    /// The payload type last seen and its codec, so packets skip the lookup.
+    pub codec: Option<(Pt, Codec)>,
     last_keyframe_request: Option<Instant>,
 }
 
@@ -41,6 +44,7 @@ impl Track {
                 rid: None,
                 ssrc: None,
             }],
+            codec: None,
             last_keyframe_request: None,
         }
     }

@@ -176,7 +176,7 @@ impl Worker {
             }
             if p.addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
                 let old = p.addrs.remove(0);
-                self.demux.remove("", &[old]);
+                self.demux.remove_addr(old);
             }
             p.addrs.push(source);
             self.demux.add_addr(source, key);
@@ -892,7 +892,7 @@ impl Worker {
                     .find(|a| a.mid == mid_s && a.kind == kind)
                     .map(|a| a.source)
                     .unwrap_or(TrackSource::default_for(kind));
-                let id = format!("TR_{}", crate::participant::random_token(12));
+                let id = format!("TR_{}", stamma_proto::random_token(12));
                 p.published
                     .push(Track::new(id.clone(), m.mid, kind, source));
                 self.publish_to_room(key, &[id]);
@@ -955,18 +955,25 @@ impl Worker {
                 i
             }
         };
+        let in_pt = pkt.header.payload_type;
+        let codec = match p.published[index].codec {
+            Some((pt, codec)) if pt == in_pt => codec,
+            _ => {
+                let Some(codec) = p
+                    .rtc
+                    .codec_config()
+                    .find(|c| c.pt() == in_pt)
+                    .map(|c| c.spec().codec)
+                else {
+                    return;
+                };
+                p.published[index].codec = Some((in_pt, codec));
+                codec
+            }
+        };
         let track = &p.published[index];
         let mid = track.mid;
         let is_video = track.kind == MediaKind::Video;
-        let in_pt = pkt.header.payload_type;
-        let Some(codec) = p
-            .rtc
-            .codec_config()
-            .find(|c| c.pt() == in_pt)
-            .map(|c| c.spec().codec)
-        else {
-            return;
-        };
         let starts_keyframe = is_video && vp8_starts_keyframe(&pkt.payload);
         let mut subscribers = std::mem::take(&mut self.scratch);
         subscribers.clear();

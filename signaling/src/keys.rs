@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 
-use rand::Rng;
-use stamma_proto::{Grant, GrantError};
+use stamma_proto::{Grant, GrantError, random_token};
 
 /// Shortest secret accepted: HS256 wants at least 256 bits.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -62,14 +61,6 @@ impl ApiKeys {
 
     /// A fresh random key pair for `stamma dev`.
     pub fn generate() -> (String, String) {
-        (format!("dev_{}", random_string(8)), random_string(40))
+        (format!("dev_{}", random_token(8)), random_token(40))
     }
-}
-
-pub fn random_string(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use stamma::keys::{ApiKeys, random_string};
+use stamma::keys::ApiKeys;
 use stamma::{Server, ServerConfig};
 use stamma_proto::{Grant, Role};
 use tracing_subscriber::EnvFilter;
@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "Join as guest: {}",
                 link(
-                    &format!("guest-{}", random_string(4)),
+                    &format!("guest-{}", stamma_proto::random_token(4)),
                     "Guest",
                     Role::Speaker
                 )?

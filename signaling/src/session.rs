@@ -11,10 +11,9 @@ use stamma_sfu::command::SIGNAL_QUEUE;
 use stamma_sfu::{Command, JoinRequest, ToParticipant};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::AppState;
-use crate::keys::random_string;
 
 /// Session limits (documented in docs/protocol.md).
 #[derive(Debug, Clone)]
@@ -252,7 +251,7 @@ impl Session {
         let Some(worker) = self.state.rooms.enter(&room) else {
             return End::Error(ErrorCode::Internal, "no media worker available".into());
         };
-        let participant_id = format!("PA_{}", random_string(12));
+        let participant_id = format!("PA_{}", stamma_proto::random_token(12));
         let end = self.in_room(&worker, &participant_id).await;
         let reason = match &end {
             End::Gone(why) => (*why).to_owned(),
@@ -319,12 +318,8 @@ impl Session {
                             }
                         }
                         ClientSignal::Leave => return End::Gone("left"),
-                        ClientSignal::Offer { ref tracks, .. } if !tracks.is_empty() && !self.grant.can_publish() => {
-                            debug!(participant = participant_id, "publish refused by grant");
-                            if let Err(e) = self.send(&ServerSignal::error(ErrorCode::PublishNotAllowed, "this join token does not allow publishing")).await {
-                                return e;
-                            }
-                        }
+                        // Offer, answer, mute, unpublish: the worker owns the room and
+                        // enforces the grant (publishing included).
                         other => {
                             let cmd = Command::Signal { participant_id: participant_id.to_owned(), signal: other };
                             if worker.send(cmd).await.is_err() {

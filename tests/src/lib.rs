@@ -123,6 +123,26 @@ pub async fn http_request(
     Ok((status, body))
 }
 
+/// The next server signal, failing the test if none comes within 5 s.
+pub async fn next_signal(
+    c: &mut SignalClient,
+) -> Result<ServerSignal, stamma_client::signal::SignalError> {
+    tokio::time::timeout(Duration::from_secs(5), c.recv())
+        .await
+        .expect("a reply in time")
+}
+
+/// Assert that the next signal is an error with `code` and a message.
+pub async fn expect_error(c: &mut SignalClient, code: stamma_proto::ErrorCode) {
+    match next_signal(c).await {
+        Ok(ServerSignal::Error { code: got, message }) => {
+            assert_eq!(got, code, "{message}");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
 /// Wait until `f` is true, polling; fails after `timeout`.
 pub async fn wait_until<F: FnMut() -> bool>(
     timeout: Duration,

@@ -7,20 +7,9 @@ use rand::{Rng, SeedableRng};
 use stamma_client::peer::{MediaKind as PeerKind, Peer};
 use stamma_client::signal::{SignalClient, SignalError};
 use stamma_proto::{ClientSignal, ErrorCode, MediaKind, Role, ServerSignal};
-use stamma_tests::{Publish, TestParticipant, TestServer, wait_until};
-
-async fn next(c: &mut SignalClient) -> Result<ServerSignal, SignalError> {
-    tokio::time::timeout(Duration::from_secs(5), c.recv())
-        .await
-        .expect("a reply in time")
-}
-
-async fn expect_error(c: &mut SignalClient, code: ErrorCode) {
-    match next(c).await {
-        Ok(ServerSignal::Error { code: got, message }) => assert_eq!(got, code, "{message}"),
-        other => panic!("expected {code:?}, got {other:?}"),
-    }
-}
+use stamma_tests::{
+    Publish, TestParticipant, TestServer, expect_error, next_signal as next, wait_until,
+};
 
 async fn expect_closed(c: &mut SignalClient, close_code: u16) {
     match next(c).await {

@@ -1,15 +1,13 @@
 //! Join tokens are enforced: before the WebSocket upgrade for bad tokens,
 //! and in the room for what a valid token allows.
 
-use std::time::Duration;
-
 use stamma_client::peer::{MediaKind as PeerKind, Peer};
 use stamma_client::signal::{SignalClient, SignalError, rtc_url};
 use stamma_proto::grant::unix_now;
 use stamma_proto::{
     ClientSignal, ErrorCode, Grant, MediaKind, PublishedTrack, Role, ServerSignal, TrackSource,
 };
-use stamma_tests::{KEY, SECRET, TestServer, http_request};
+use stamma_tests::{KEY, SECRET, TestServer, expect_error, http_request, next_signal};
 
 const UPGRADE: [(&str, &str); 4] = [
     ("Upgrade", "websocket"),
@@ -150,18 +148,5 @@ async fn speaker_with_publish_revoked_cannot_publish() -> anyhow::Result<()> {
 }
 
 async fn next(c: &mut SignalClient) -> ServerSignal {
-    tokio::time::timeout(Duration::from_secs(5), c.recv())
-        .await
-        .expect("a reply in time")
-        .expect("a signal")
-}
-
-async fn expect_error(c: &mut SignalClient, code: ErrorCode) {
-    match next(c).await {
-        ServerSignal::Error { code: got, message } => {
-            assert_eq!(got, code, "{message}");
-            assert!(!message.is_empty());
-        }
-        other => panic!("expected {code:?}, got {other:?}"),
-    }
+    next_signal(c).await.expect("a signal")
 }
