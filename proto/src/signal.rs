@@ -104,6 +104,13 @@ pub enum ClientSignal {
     Unpublish {
         track_id: String,
     },
+    /// Pause (`enabled: false`) or resume delivery of tracks this participant
+    /// is subscribed to, without renegotiating: what a client's grid does
+    /// with tiles that scroll out of view.
+    Subscription {
+        track_ids: Vec<String>,
+        enabled: bool,
+    },
     Leave,
     Ping {
         ts: u64,
@@ -207,12 +214,13 @@ impl ClientSignal {
                 "message must be an object with a string \"type\"".into(),
             ));
         };
-        const KNOWN: [&str; 7] = [
+        const KNOWN: [&str; 8] = [
             "join",
             "offer",
             "answer",
             "mute",
             "unpublish",
+            "subscription",
             "leave",
             "ping",
         ];

@@ -32,6 +32,8 @@ pub struct Subscription {
     pub state: SubscriptionState,
     /// Which simulcast layer is forwarded (index into the track's layers).
     pub layer: usize,
+    /// Whether the subscriber wants packets now (a paused grid tile does not).
+    pub enabled: bool,
     pub forwarder: Forwarder,
     /// Payload type mapping publisher → subscriber, learned on the first packet.
     pub pt_map: Option<(Pt, Pt)>,
@@ -54,6 +56,7 @@ impl Subscription {
             mid: None,
             state: SubscriptionState::Wanted,
             layer: 0,
+            enabled: true,
             forwarder: Forwarder::new(kind == MediaKind::Video),
             pt_map: None,
         }

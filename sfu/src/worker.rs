@@ -39,6 +39,8 @@ pub const MAX_PUBLISHED_TRACKS: usize = 8;
 /// m-lines accepted in a client offer. Publishing happens on the client's own
 /// m-lines, but a reused connection may carry stopped ones too.
 const MAX_OFFER_M_LINES: usize = 32;
+/// Bounds one `subscription` message (a grid page is far smaller).
+const MAX_SUBSCRIPTION_TRACKS: usize = 256;
 
 /// Counters a driver can export.
 #[derive(Debug, Default, Clone, Copy)]
@@ -441,6 +443,9 @@ impl Worker {
             ClientSignal::Offer { sdp, tracks } => self.client_offer(now, key, &sdp, tracks),
             ClientSignal::Answer { id, sdp } => self.client_answer(now, key, id, &sdp),
             ClientSignal::Mute { track_id, muted } => self.mute(key, &track_id, muted),
+            ClientSignal::Subscription { track_ids, enabled } => {
+                self.set_subscription(now, key, &track_ids, enabled)
+            }
             ClientSignal::Unpublish { track_id } => {
                 let Some(p) = self.get(key) else { return };
                 let Some(t) = p.published.iter().find(|t| t.id == track_id) else {
@@ -457,6 +462,51 @@ impl Worker {
             }
             // join, leave and ping are handled by the session.
             ClientSignal::Join { .. } | ClientSignal::Leave | ClientSignal::Ping { .. } => {}
+        }
+    }
+
+    /// Pause or resume delivery. Resumed video waits for a keyframe, which
+    /// is requested from its publisher, so the tile starts clean.
+    fn set_subscription(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        track_ids: &[String],
+        enabled: bool,
+    ) {
+        let Some(p) = self.get(key) else { return };
+        if track_ids.len() > MAX_SUBSCRIPTION_TRACKS {
+            p.send(ServerSignal::error(
+                ErrorCode::BadMessage,
+                format!("at most {MAX_SUBSCRIPTION_TRACKS} track_ids per message"),
+            ));
+            return;
+        }
+        let mut unknown = Vec::new();
+        let mut keyframes = Vec::new();
+        for id in track_ids {
+            let Some(s) = p.subscriptions.iter_mut().find(|s| &s.track_id == id) else {
+                unknown.push(id.as_str());
+                continue;
+            };
+            if s.enabled == enabled {
+                continue;
+            }
+            s.enabled = enabled;
+            if enabled && s.kind == MediaKind::Video {
+                s.forwarder.restart();
+                keyframes.push((s.publisher, s.source_mid));
+            }
+        }
+        if !unknown.is_empty() {
+            let shown: Vec<&str> = unknown.iter().take(5).copied().collect();
+            p.send(ServerSignal::error(
+                ErrorCode::UnknownTrack,
+                format!("not subscribed to {shown:?}"),
+            ));
+        }
+        for (publisher, mid) in keyframes {
+            self.request_keyframe(now, publisher, mid);
         }
     }
 
@@ -1005,6 +1055,7 @@ impl Worker {
             let Some(s) = q.subscriptions.iter_mut().find(|s| {
                 s.publisher == publisher
                     && s.source_mid == mid
+                    && s.enabled
                     && s.state == SubscriptionState::Active
             }) else {
                 continue;

@@ -34,6 +34,10 @@ pub struct SimPeer {
     pub received: HashMap<Mid, u64>,
     /// The first payload received, per mid.
     pub first_payload: HashMap<Mid, Vec<u8>>,
+    /// Payloads in arrival order, per mid.
+    pub payloads: HashMap<Mid, Vec<Vec<u8>>>,
+    /// Track ids of the subscriptions the server offered.
+    pub subscribed: Vec<String>,
     video_mid: Option<Mid>,
     seq: u64,
     timestamp: u32,
@@ -106,6 +110,8 @@ impl SimRoom {
             connected: false,
             received: HashMap::new(),
             first_payload: HashMap::new(),
+            payloads: HashMap::new(),
+            subscribed: Vec::new(),
             video_mid: None,
             seq: 1,
             timestamp: 0,
@@ -194,7 +200,12 @@ impl SimRoom {
             };
             let p = &mut self.peers[i];
             match s {
-                ServerSignal::Offer { id, sdp, .. } => {
+                ServerSignal::Offer { id, sdp, tracks } => {
+                    for t in tracks {
+                        if !p.subscribed.contains(&t.track_id) {
+                            p.subscribed.push(t.track_id);
+                        }
+                    }
                     if p.pending.is_some() {
                         continue; // our own offer wins
                     }
@@ -244,6 +255,10 @@ impl SimRoom {
                         p.first_payload
                             .entry(mid)
                             .or_insert_with(|| pkt.payload.to_vec());
+                        p.payloads
+                            .entry(mid)
+                            .or_default()
+                            .push(pkt.payload.to_vec());
                     }
                 }
                 Output::Event(_) => {}
@@ -311,6 +326,15 @@ impl SimRoom {
         let n = out.len();
         out.clear();
         n
+    }
+
+    /// Participant `i` sends a signal to the server.
+    pub fn signal(&mut self, i: usize, signal: ClientSignal) {
+        let cmd = Command::Signal {
+            participant_id: self.peers[i].id.clone(),
+            signal,
+        };
+        self.worker.handle_command(Instant::now(), cmd);
     }
 
     /// Packets received per peer on all mids.

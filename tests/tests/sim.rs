@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use stamma_client::media::Vp8Frames;
+use stamma_proto::ClientSignal;
 use stamma_tests::sim::SimRoom;
 
 #[test]
@@ -62,5 +64,72 @@ fn server_round_emits_one_datagram_per_subscriber() -> anyhow::Result<()> {
     }
     eprintln!("{counts:?}");
     assert!(counts.iter().all(|c| *c >= 10), "{counts:?}");
+    Ok(())
+}
+
+#[test]
+fn paused_subscription_gets_nothing_and_resumes_on_a_keyframe() -> anyhow::Result<()> {
+    let mut room = SimRoom::new()?;
+    room.join(true)?;
+    room.join(false)?;
+    room.join(false)?;
+    room.settle(Duration::from_secs(20))?;
+    let track = room.peers[1].subscribed.first().cloned().expect("offered");
+    room.publish_packet(0, true, 1000);
+    for _ in 0..3 {
+        room.step()?;
+    }
+    assert!(
+        room.received(1) >= 1,
+        "the keyframe arrived before the pause"
+    );
+    room.signal(
+        1,
+        ClientSignal::Subscription {
+            track_ids: vec![track.clone()],
+            enabled: false,
+        },
+    );
+    let before = (room.received(1), room.received(2));
+    for _ in 0..20 {
+        room.publish_packet(0, false, 1000);
+        room.step()?;
+    }
+    for _ in 0..3 {
+        room.step()?;
+    }
+    assert_eq!(
+        room.received(1),
+        before.0,
+        "a paused subscription got packets"
+    );
+    assert!(
+        room.received(2) >= before.1 + 18,
+        "the other subscriber kept receiving"
+    );
+    room.signal(
+        1,
+        ClientSignal::Subscription {
+            track_ids: vec![track],
+            enabled: true,
+        },
+    );
+    // Deltas after the resume are held back until the publisher's keyframe.
+    for n in 0..20 {
+        room.publish_packet(0, n == 5, 1000);
+        room.step()?;
+    }
+    for _ in 0..3 {
+        room.step()?;
+    }
+    let got: Vec<&Vec<u8>> = room.peers[1].payloads.values().flatten().collect();
+    let resumed = &got[before.0 as usize..];
+    assert!(
+        resumed.len() >= 14,
+        "resumed with {} packets",
+        resumed.len()
+    );
+    let first = Vp8Frames::parse(resumed[0]).expect("vp8");
+    assert!(first.keyframe, "resumed on a delta frame");
     Ok(())
 }
