@@ -5,5 +5,6 @@
 pub mod media;
 pub mod peer;
 pub mod signal;
+pub mod stamp;
 
 pub use stamma_proto as proto;

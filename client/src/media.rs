@@ -63,6 +63,54 @@ pub mod opus_tone {
     }
 
     /// Decodes a stream of Opus packets to mono PCM.
+    /// Opus packets of 20 ms with DTX, for a publisher to loop: `None`
+    /// where DTX sends nothing (the encoder's 1–2 byte packets), so silence
+    /// costs what it costs a browser. `speech` false encodes silence.
+    pub fn encode_dtx(speech: bool, frames: usize) -> Result<Vec<Option<Vec<u8>>>, opus::Error> {
+        let mut enc =
+            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
+        enc.set_bitrate(opus::Bitrate::Bits(32_000))?;
+        enc.set_dtx(true)?;
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let mut out = vec![0u8; 1500];
+        let mut packets = Vec::with_capacity(frames);
+        let mut phase = [0.0f32; 4];
+        for n in 0..frames {
+            if speech {
+                voice_frame(n, &mut phase, &mut pcm);
+            } else {
+                pcm.fill(0);
+            }
+            let len = enc.encode(&pcm, &mut out)?;
+            packets.push((len > 2).then(|| out[..len].to_vec()));
+        }
+        Ok(packets)
+    }
+
+    /// Speech-like sound: a voiced tone with harmonics in syllables of
+    /// 200 ms, and a short pause every two seconds.
+    fn voice_frame(n: usize, phase: &mut [f32; 4], out: &mut [i16; FRAME_SAMPLES]) {
+        let pause = n % 100 >= 90;
+        let pitch = 120.0 + 40.0 * ((n / 10) % 5) as f32;
+        let envelope = if pause {
+            0.0
+        } else {
+            0.3 + 0.7 * ((n % 10) as f32 / 10.0 * std::f32::consts::PI).sin()
+        };
+        let mut parts = [[0i16; FRAME_SAMPLES]; 4];
+        for (h, part) in parts.iter_mut().enumerate() {
+            sine_frame(pitch * (h + 1) as f32, &mut phase[h], part);
+        }
+        for (i, s) in out.iter_mut().enumerate() {
+            let mix: f32 = parts
+                .iter()
+                .enumerate()
+                .map(|(h, p)| p[i] as f32 / (h + 1) as f32)
+                .sum();
+            *s = (mix * 0.4 * envelope) as i16;
+        }
+    }
+
     pub struct ToneDecoder {
         dec: opus::Decoder,
         buf: Vec<i16>,
@@ -120,14 +168,7 @@ impl Vp8Frames {
         self.picture_id = (self.picture_id + 1) & 0x7fff;
         let pid = self.picture_id;
         let mut body = Vec::with_capacity(size.max(10));
-        // Frame tag (RFC 6386 §9.1): P bit clear for a keyframe, show_frame set.
-        let tag: u32 = (if keyframe { 0 } else { 1 }) | (1 << 4) | (((size as u32) & 0x7ffff) << 5);
-        body.extend_from_slice(&tag.to_le_bytes()[..3]);
-        if keyframe {
-            body.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-            body.extend_from_slice(&320u16.to_le_bytes());
-            body.extend_from_slice(&180u16.to_le_bytes());
-        }
+        vp8_frame_header(keyframe, size, 320, 180, &mut body);
         while body.len() < size.max(10) {
             body.push((pid as u8).wrapping_add(body.len() as u8));
         }
@@ -182,6 +223,105 @@ impl Vp8Frames {
     }
 }
 
+/// The start of a VP8 frame (RFC 6386 §9.1): the 3-byte frame tag (P bit
+/// clear for a keyframe, show_frame set) and, for a keyframe, the start code
+/// and dimensions. What an SFU reads to find keyframes; a synthetic frame's
+/// rest is filler.
+pub fn vp8_frame_header(keyframe: bool, size: usize, width: u16, height: u16, out: &mut Vec<u8>) {
+    let tag: u32 = (if keyframe { 0 } else { 1 }) | (1 << 4) | (((size as u32) & 0x7ffff) << 5);
+    out.extend_from_slice(&tag.to_le_bytes()[..3]);
+    if keyframe {
+        out.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+        out.extend_from_slice(&width.to_le_bytes());
+        out.extend_from_slice(&height.to_le_bytes());
+    }
+}
+
+/// One encoding a synthetic video source produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoLayer {
+    pub bitrate_bps: u32,
+    pub fps: u32,
+    pub width: u16,
+    pub height: u16,
+}
+
+impl VideoLayer {
+    /// The three simulcast layers of a camera: about 150/500/1500 kbit/s at 15/30/30 fps.
+    pub const SIMULCAST: [VideoLayer; 3] = [
+        VideoLayer {
+            bitrate_bps: 150_000,
+            fps: 15,
+            width: 320,
+            height: 180,
+        },
+        VideoLayer {
+            bitrate_bps: 500_000,
+            fps: 30,
+            width: 640,
+            height: 360,
+        },
+        VideoLayer {
+            bitrate_bps: 1_500_000,
+            fps: 30,
+            width: 1280,
+            height: 720,
+        },
+    ];
+    /// A camera without simulcast: one 500 kbit/s 30 fps layer.
+    pub const SINGLE: VideoLayer = VideoLayer::SIMULCAST[1];
+}
+
+/// Stands in for a VP8 encoder: frames of realistic size and rate
+/// (keyframes about eight times a delta frame, deltas varying ±30 %), a
+/// keyframe first and whenever one is asked for (PLI/FIR).
+#[derive(Debug, Clone)]
+pub struct SyntheticVp8 {
+    pub layer: VideoLayer,
+    keyframe_wanted: bool,
+    rng: u64,
+}
+
+/// Keyframes of real encoders at these rates are 5–10× a delta frame.
+const KEYFRAME_FACTOR: usize = 8;
+
+impl SyntheticVp8 {
+    pub fn new(layer: VideoLayer, seed: u64) -> SyntheticVp8 {
+        SyntheticVp8 {
+            layer,
+            keyframe_wanted: true,
+            rng: seed | 1,
+        }
+    }
+
+    pub fn request_keyframe(&mut self) {
+        self.keyframe_wanted = true;
+    }
+
+    /// The next frame's bytes into `out` (cleared first); returns whether it
+    /// is a keyframe. A stamp may be appended after.
+    pub fn next_frame(&mut self, out: &mut Vec<u8>) -> bool {
+        let keyframe = std::mem::take(&mut self.keyframe_wanted);
+        let mean = (self.layer.bitrate_bps / 8 / self.layer.fps.max(1)) as usize;
+        // xorshift: cheap and deterministic per seed.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let wobble = 70 + (self.rng % 61) as usize; // 70..=130 %
+        let size = if keyframe {
+            mean * KEYFRAME_FACTOR
+        } else {
+            mean * wobble / 100
+        }
+        .max(16);
+        out.clear();
+        vp8_frame_header(keyframe, size, self.layer.width, self.layer.height, out);
+        let fill = (self.rng >> 24) as u8;
+        out.resize(size, fill);
+        keyframe
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +364,35 @@ mod tests {
         }
         let f = dominant_frequency(&pcm[4800..], 200.0, 2000.0, 10.0);
         assert!((f - 880.0).abs() <= 10.0, "found {f}");
+    }
+
+    #[test]
+    fn synthetic_vp8_sizes_follow_the_layer_and_keyframes_are_bigger() {
+        let mut v = SyntheticVp8::new(VideoLayer::SINGLE, 7);
+        let mut frame = Vec::new();
+        assert!(v.next_frame(&mut frame), "first frame is a keyframe");
+        let key = frame.len();
+        let mut total = 0;
+        for _ in 0..300 {
+            assert!(!v.next_frame(&mut frame));
+            assert_eq!(frame[0] & 1, 1, "delta frames have the P bit set");
+            total += frame.len();
+        }
+        let kbps = total * 8 * 30 / 300 / 1000;
+        assert!((450..=550).contains(&kbps), "{kbps} kbit/s");
+        assert!(key >= 6 * total / 300, "keyframe {key} B");
+        v.request_keyframe();
+        assert!(v.next_frame(&mut frame));
+        assert_eq!(frame[3..6], [0x9d, 0x01, 0x2a]);
+    }
+
+    #[cfg(feature = "opus")]
+    #[test]
+    fn dtx_sends_speech_and_almost_nothing_for_silence() {
+        let speech = opus_tone::encode_dtx(true, 200).unwrap();
+        let silence = opus_tone::encode_dtx(false, 200).unwrap();
+        let sent = |p: &[Option<Vec<u8>>]| p.iter().filter(|p| p.is_some()).count();
+        assert!(sent(&speech) >= 170, "speech sent {}", sent(&speech));
+        assert!(sent(&silence) <= 30, "silence sent {}", sent(&silence));
     }
 }

@@ -1,0 +1,804 @@
+//! One WebRTC connection of a simulated participant: a str0m `Rtc` (real
+//! ICE, DTLS, SRTP) with its own UDP socket, driven by a tokio task, so many
+//! share each thread. It publishes a microphone (looped real Opus) and a
+//! camera (VP8 frames of realistic size, simulcast optional, a keyframe on
+//! PLI; str0m retransmits on NACK), and measures every frame it receives
+//! from the stamp in the frame's last bytes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use stamma_client::media::{SyntheticVp8, VideoLayer};
+use stamma_client::stamp::FrameStamp;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
+use str0m::format::Codec;
+use str0m::media::{
+    Direction, Frequency, MediaData, MediaKind, MediaTime, Mid, Pt, Rid, Simulcast, SimulcastLayer,
+};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::downlink::Downlink;
+use crate::scenario::{ParticipantPlan, Scenario, Silence};
+use crate::stats::{Collector, Delta, Jitter, is_freeze};
+
+/// A track as the load test names it: who sends it and whether it is video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TrackKey {
+    pub sender: u32,
+    pub video: bool,
+}
+
+/// What every peer shares: the clock, the media loops, the schedule and
+/// where results go. Written per packet: only the sender activity atomics.
+pub struct Shared {
+    /// Stamps carry microseconds since this instant.
+    pub epoch: Instant,
+    pub scenario: Scenario,
+    pub collector: Arc<Collector>,
+    /// Opus packets looped while speaking; `None` is a DTX frame not sent.
+    pub speech: Vec<Option<Arc<[u8]>>>,
+    pub silence: Vec<Option<Arc<[u8]>>>,
+    pub cert: DtlsCert,
+    pub bind_ip: IpAddr,
+    /// Per sender and kind: first and last send, µs since `epoch` (0 = never).
+    pub activity: Vec<[(AtomicU64, AtomicU64); 2]>,
+    /// Peers whose media connection is up.
+    pub joined: AtomicUsize,
+}
+
+impl Shared {
+    pub fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    fn note_sent(&self, key: TrackKey, at_us: u64) {
+        if let Some(a) = self.activity.get(key.sender as usize) {
+            let (first, last) = &a[usize::from(key.video)];
+            let _ = first.compare_exchange(0, at_us, Ordering::Relaxed, Ordering::Relaxed);
+            last.store(at_us, Ordering::Relaxed);
+        }
+    }
+
+    /// (first, last) send of a track, µs since `epoch`.
+    pub fn sent_span(&self, key: TrackKey) -> Option<(u64, u64)> {
+        let (first, last) = &self.activity.get(key.sender as usize)?[usize::from(key.video)];
+        let f = first.load(Ordering::Relaxed);
+        (f != 0).then(|| (f, last.load(Ordering::Relaxed)))
+    }
+}
+
+pub enum PeerCmd {
+    /// Offer what this peer publishes: the SDP and (mid, kind) per track.
+    Offer(oneshot::Sender<Result<(String, Vec<(Mid, MediaKind)>), String>>),
+    Answer(String, oneshot::Sender<Result<(), String>>),
+    /// The remote side's offer, with the tracks it brings: our answer.
+    AcceptOffer(
+        String,
+        Vec<TrackKey>,
+        oneshot::Sender<Result<String, String>>,
+    ),
+    /// The videos watched now (`None`: all of them).
+    Watch(Option<Vec<u32>>),
+    /// Measure the end state, reply and stop.
+    Finish(oneshot::Sender<PeerSummary>),
+}
+
+#[derive(Debug, Default)]
+pub struct PeerSummary {
+    pub connected_at: Option<Instant>,
+    pub first_media_at: Option<Instant>,
+    /// Per video track: from being offered it to its first frame, ms.
+    pub first_frame_ms: Vec<f64>,
+    pub tracks_expected: usize,
+    pub tracks_received: usize,
+    pub missing: Vec<TrackKey>,
+}
+
+pub struct PeerHandle {
+    pub cmds: mpsc::Sender<PeerCmd>,
+}
+
+impl PeerHandle {
+    async fn ask<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> PeerCmd) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(f(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn offer(&self) -> Result<(String, Vec<(Mid, MediaKind)>), String> {
+        self.ask(PeerCmd::Offer)
+            .await
+            .unwrap_or_else(|| Err("peer stopped".into()))
+    }
+
+    pub async fn answer(&self, sdp: String) -> Result<(), String> {
+        self.ask(|r| PeerCmd::Answer(sdp, r))
+            .await
+            .unwrap_or_else(|| Err("peer stopped".into()))
+    }
+
+    pub async fn accept_offer(&self, sdp: String, tracks: Vec<TrackKey>) -> Result<String, String> {
+        self.ask(|r| PeerCmd::AcceptOffer(sdp, tracks, r))
+            .await
+            .unwrap_or_else(|| Err("peer stopped".into()))
+    }
+
+    pub async fn watch(&self, videos: Option<Vec<u32>>) {
+        let _ = self.cmds.send(PeerCmd::Watch(videos)).await;
+    }
+
+    pub async fn finish(&self) -> PeerSummary {
+        self.ask(PeerCmd::Finish).await.unwrap_or_default()
+    }
+}
+
+/// How often a peer hands its measurements to the collector.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// A track counts as flowing if a frame came within this long.
+const FLOWING_WINDOW: Duration = Duration::from_secs(2);
+/// A track must have been watched and sent this long before it is expected.
+const SETTLE: Duration = Duration::from_secs(3);
+const AUDIO_FRAME: Duration = Duration::from_millis(20);
+/// Video ticks at the highest frame rate; slower layers skip ticks.
+const VIDEO_FPS: u32 = 30;
+/// A late task sends at most this many overdue frames at once; an encoder
+/// that fell further behind would have dropped them.
+const MAX_CATCH_UP: u32 = 5;
+
+struct VideoSource {
+    mid: Mid,
+    /// One encoder per layer, with the layer's rid when simulcasting.
+    layers: Vec<(Option<Rid>, SyntheticVp8, u32)>,
+    tick: u64,
+    next: Instant,
+}
+
+struct AudioSource {
+    mid: Mid,
+    frame: u64,
+    sent: u32,
+    next: Instant,
+}
+
+/// What a peer knows about one track it receives.
+#[derive(Default)]
+struct RxTrack {
+    offered_at: Option<Instant>,
+    first_at: Option<Instant>,
+    last_at: Option<Instant>,
+    seq_first: Option<u64>,
+    seq_max: u64,
+    packets: u64,
+    /// (layer, frame) of the last frame.
+    last_frame: Option<(u8, u32)>,
+    interval: Duration,
+    jitter: Jitter,
+    /// For deltas: packets and expected at the last report.
+    reported: (u64, u64),
+}
+
+struct Peer {
+    shared: Arc<Shared>,
+    plan: ParticipantPlan,
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    cmds: mpsc::Receiver<PeerCmd>,
+    pending: Option<SdpPendingOffer>,
+    audio: Option<AudioSource>,
+    video: Option<VideoSource>,
+    pts: HashMap<Mid, Pt>,
+    connected_at: Option<Instant>,
+    first_media_at: Option<Instant>,
+    rx: HashMap<TrackKey, RxTrack>,
+    mid_video: HashMap<Mid, bool>,
+    watch: Option<Vec<u32>>,
+    watch_since: HashMap<u32, Instant>,
+    started: Instant,
+    first_frame_ms: Vec<f64>,
+    delta: Delta,
+    next_report: Instant,
+    downlink: Option<Downlink>,
+    frame_buf: Vec<u8>,
+}
+
+/// Start a peer bound to a fresh UDP port.
+pub async fn spawn(shared: Arc<Shared>, plan: ParticipantPlan) -> std::io::Result<PeerHandle> {
+    let socket = UdpSocket::bind(SocketAddr::new(shared.bind_ip, 0)).await?;
+    let local = socket.local_addr()?;
+    let now = Instant::now();
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .set_dtls_cert(shared.cert.clone())
+        .set_stats_interval(None)
+        .build(now);
+    let candidate = Candidate::host(local, "udp")
+        .map_err(|e| std::io::Error::other(format!("candidate: {e}")))?;
+    rtc.add_local_candidate(candidate);
+    let (tx, cmds) = mpsc::channel(64);
+    let downlink = shared
+        .scenario
+        .downlink_kbps
+        .map(|k| Downlink::new(k, shared.scenario.downlink_queue));
+    let peer = Peer {
+        shared,
+        plan,
+        rtc,
+        socket,
+        local,
+        cmds,
+        pending: None,
+        audio: None,
+        video: None,
+        pts: HashMap::new(),
+        connected_at: None,
+        first_media_at: None,
+        rx: HashMap::new(),
+        mid_video: HashMap::new(),
+        watch: None,
+        watch_since: HashMap::new(),
+        started: now,
+        first_frame_ms: Vec::new(),
+        delta: Delta::default(),
+        next_report: now + REPORT_EVERY,
+        downlink,
+        frame_buf: Vec::with_capacity(64 * 1024),
+    };
+    tokio::spawn(peer.run());
+    Ok(PeerHandle { cmds: tx })
+}
+
+impl Peer {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let now = Instant::now();
+            self.send_media(now);
+            self.drain_downlink(now);
+            if now >= self.next_report {
+                self.report(now);
+            }
+            let Some(wake) = self.poll(now) else {
+                debug!(peer = self.plan.index, "media connection failed");
+                return self.wait_for_finish().await;
+            };
+            let mut next = wake.min(self.next_report);
+            for t in [
+                self.audio.as_ref().map(|a| a.next),
+                self.video.as_ref().map(|v| v.next),
+                self.downlink.as_ref().and_then(|d| d.next_due()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                next = next.min(t);
+            }
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    self.datagram(from, &buf[..n]);
+                    // Take what else is waiting before the next round.
+                    for _ in 0..32 {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) => self.datagram(from, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                cmd = self.cmds.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    if self.command(cmd) {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+        }
+    }
+
+    /// After a failure, still answer the final measurement.
+    async fn wait_for_finish(mut self) {
+        while let Some(cmd) = self.cmds.recv().await {
+            match cmd {
+                PeerCmd::Finish(reply) => {
+                    let _ = reply.send(self.summary(Instant::now()));
+                    return;
+                }
+                PeerCmd::Offer(r) => drop(r.send(Err("media connection failed".into()))),
+                PeerCmd::Answer(_, r) => drop(r.send(Err("media connection failed".into()))),
+                PeerCmd::AcceptOffer(_, _, r) => {
+                    drop(r.send(Err("media connection failed".into())))
+                }
+                PeerCmd::Watch(_) => {}
+            }
+        }
+    }
+
+    fn datagram(&mut self, from: SocketAddr, data: &[u8]) {
+        self.delta.bytes += data.len() as u64;
+        let now = Instant::now();
+        if let Some(d) = &mut self.downlink {
+            d.push(now, from, data);
+            return;
+        }
+        self.input(now, from, data);
+    }
+
+    fn input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Ok(r) = Receive::new(Protocol::Udp, from, self.local, data) else {
+            return;
+        };
+        if self.rtc.handle_input(Input::Receive(now, r)).is_ok() {
+            self.poll(now);
+        }
+    }
+
+    fn drain_downlink(&mut self, now: Instant) {
+        let Some(d) = &mut self.downlink else { return };
+        let mut ready = Vec::new();
+        while let Some((_, from, data)) = d.pop(now) {
+            ready.push((from, data));
+        }
+        self.delta.shaper_drops += std::mem::take(&mut d.dropped);
+        for (from, data) in ready {
+            self.input(now, from, &data);
+        }
+    }
+
+    /// Drive str0m until it wants time to pass: send what it transmits,
+    /// handle what it reports. `None` once the connection is dead.
+    fn poll(&mut self, now: Instant) -> Option<Instant> {
+        if !self.rtc.is_alive() {
+            return None;
+        }
+        if self.rtc.handle_input(Input::Timeout(now)).is_err() {
+            return None;
+        }
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return Some(t),
+                Ok(Output::Transmit(t)) => {
+                    // UDP: a full socket buffer drops, as the network would.
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(e)) => self.event(now, e),
+                Err(e) => {
+                    debug!(peer = self.plan.index, error = %e, "str0m failed");
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, now: Instant, e: Event) {
+        match e {
+            Event::Connected => {
+                if self.connected_at.is_none() {
+                    self.connected_at = Some(now);
+                    self.shared.joined.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Event::MediaData(d) => self.media(now, d),
+            Event::KeyframeRequest(req) => {
+                if let Some(v) = &mut self.video {
+                    for (rid, enc, _) in &mut v.layers {
+                        if req.rid.is_none() || *rid == req.rid {
+                            enc.request_keyframe();
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn media(&mut self, now: Instant, d: MediaData) {
+        let Some(stamp) = FrameStamp::read(&d.data) else {
+            return;
+        };
+        let video = *self.mid_video.entry(d.mid).or_insert_with(|| {
+            self.rtc
+                .media(d.mid)
+                .is_some_and(|m| m.kind() == MediaKind::Video)
+        });
+        self.first_media_at.get_or_insert(now);
+        let key = TrackKey {
+            sender: stamp.sender,
+            video,
+        };
+        let sent_us = stamp.sent_us;
+        let latency = self.shared.micros(now).saturating_sub(sent_us);
+        self.delta
+            .latency_us
+            .push(latency.min(u64::from(u32::MAX)) as u32);
+        let t = self.rx.entry(key).or_default();
+        let first_seq = *d.seq_range.start().clone();
+        let last_seq = *d.seq_range.end().clone();
+        let first = *t.seq_first.get_or_insert(first_seq);
+        if last_seq >= first {
+            t.seq_max = t.seq_max.max(last_seq);
+            t.packets += last_seq - first_seq + 1;
+        }
+        self.delta.frames += 1;
+        let interval = if video {
+            Duration::from_millis(1000 * u64::from(stamp.step) / u64::from(VIDEO_FPS))
+        } else {
+            AUDIO_FRAME
+        };
+        if let Some((layer, last)) = t.last_frame
+            && layer == stamp.layer
+            && stamp.frame > last
+        {
+            let step = u32::from(stamp.step.max(1));
+            self.delta.frames_lost += u64::from((stamp.frame - last) / step).saturating_sub(1);
+        }
+        if let Some(prev) = t.last_at
+            && video
+            && is_freeze(now - prev, interval)
+        {
+            self.delta.freezes += 1;
+        }
+        t.interval = interval;
+        t.last_frame = Some((stamp.layer, stamp.frame));
+        t.jitter.update(now, sent_us);
+        t.last_at = Some(now);
+        if t.first_at.is_none() {
+            t.first_at = Some(now);
+            if video {
+                let since = t.offered_at.unwrap_or(self.started);
+                self.first_frame_ms
+                    .push(now.saturating_duration_since(since).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+
+    fn report(&mut self, now: Instant) {
+        self.next_report = now + REPORT_EVERY;
+        for t in self.rx.values_mut() {
+            let Some(first) = t.seq_first else { continue };
+            let expected = t.seq_max + 1 - first;
+            self.delta.packets += t.packets - t.reported.0;
+            self.delta.packets_expected += expected.saturating_sub(t.reported.1);
+            t.reported = (t.packets, expected);
+            if t.last_at.is_some_and(|l| now - l < FLOWING_WINDOW) {
+                self.delta.jitter_us.push(t.jitter.get_us());
+            }
+        }
+        self.shared
+            .collector
+            .record(now, std::mem::take(&mut self.delta));
+    }
+
+    /// Returns true when the peer is done.
+    fn command(&mut self, cmd: PeerCmd) -> bool {
+        let now = Instant::now();
+        match cmd {
+            PeerCmd::Offer(reply) => {
+                let r = self.make_offer(now);
+                let _ = reply.send(r);
+            }
+            PeerCmd::Answer(sdp, reply) => {
+                let r = match (self.pending.take(), SdpAnswer::from_sdp_string(&sdp)) {
+                    (Some(p), Ok(a)) => self
+                        .rtc
+                        .sdp_api()
+                        .accept_answer(p, a)
+                        .map_err(|e| format!("answer: {e}")),
+                    (None, _) => Err("no offer pending".into()),
+                    (_, Err(e)) => Err(format!("answer SDP: {e}")),
+                };
+                let _ = reply.send(r);
+            }
+            PeerCmd::AcceptOffer(sdp, tracks, reply) => {
+                for key in tracks {
+                    self.rx
+                        .entry(key)
+                        .or_default()
+                        .offered_at
+                        .get_or_insert(now);
+                }
+                let r = match SdpOffer::from_sdp_string(&sdp) {
+                    Ok(o) => self
+                        .rtc
+                        .sdp_api()
+                        .accept_offer(o)
+                        .map(|a| a.to_sdp_string())
+                        .map_err(|e| format!("offer: {e}")),
+                    Err(e) => Err(format!("offer SDP: {e}")),
+                };
+                if r.is_ok() {
+                    self.mid_video.clear();
+                }
+                let _ = reply.send(r);
+            }
+            PeerCmd::Watch(videos) => {
+                if let Some(v) = &videos {
+                    for s in v {
+                        self.watch_since.entry(*s).or_insert(now);
+                    }
+                    self.watch_since.retain(|s, _| v.contains(s));
+                }
+                self.watch = videos;
+            }
+            PeerCmd::Finish(reply) => {
+                self.report(now);
+                let _ = reply.send(self.summary(now));
+                return true;
+            }
+        }
+        self.poll(now);
+        false
+    }
+
+    fn make_offer(&mut self, now: Instant) -> Result<(String, Vec<(Mid, MediaKind)>), String> {
+        let mut api = self.rtc.sdp_api();
+        let mut tracks = Vec::new();
+        let sc = &self.shared.scenario;
+        if self.plan.audio && self.audio.is_none() {
+            let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            tracks.push((mid, MediaKind::Audio));
+            self.audio = Some(AudioSource {
+                mid,
+                frame: 0,
+                sent: 0,
+                next: now,
+            });
+        }
+        if self.plan.video && self.video.is_none() {
+            let layers = sc.layers();
+            let simulcast = (layers.len() > 1).then(|| Simulcast {
+                send: (0..layers.len())
+                    .map(|i| SimulcastLayer::new(RIDS[i]))
+                    .collect(),
+                recv: Vec::new(),
+            });
+            let rids = simulcast.is_some();
+            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast);
+            tracks.push((mid, MediaKind::Video));
+            let seed = u64::from(self.plan.index) * 7919 + 1;
+            self.video = Some(VideoSource {
+                mid,
+                layers: layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l): (usize, &VideoLayer)| {
+                        (
+                            rids.then(|| Rid::from(RIDS[i])),
+                            SyntheticVp8::new(*l, seed + i as u64),
+                            (VIDEO_FPS / l.fps.max(1)).max(1),
+                        )
+                    })
+                    .collect(),
+                tick: 0,
+                next: now,
+            });
+        }
+        match api.apply() {
+            Some((offer, pending)) => {
+                self.pending = Some(pending);
+                Ok((offer.to_sdp_string(), tracks))
+            }
+            None => Err("nothing to offer".into()),
+        }
+    }
+
+    fn pt_for(&mut self, mid: Mid, codec: Codec) -> Option<Pt> {
+        if let Some(pt) = self.pts.get(&mid) {
+            return Some(*pt);
+        }
+        let w = self.rtc.writer(mid)?;
+        let pt = w
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt())?;
+        self.pts.insert(mid, pt);
+        Some(pt)
+    }
+
+    fn send_media(&mut self, now: Instant) {
+        if self.connected_at.is_none() {
+            return;
+        }
+        self.send_audio(now);
+        self.send_video(now);
+    }
+
+    fn send_audio(&mut self, now: Instant) {
+        let Some(a) = &self.audio else { return };
+        if a.next > now {
+            return;
+        }
+        let mid = a.mid;
+        let Some(pt) = self.pt_for(mid, Codec::Opus) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let sc = &shared.scenario;
+        let speaking = sc.speaking(self.plan.local, now.saturating_duration_since(shared.epoch));
+        let source = match (speaking, sc.silence) {
+            (true, _) => Some(&shared.speech),
+            (false, Silence::Dtx) => Some(&shared.silence),
+            (false, Silence::Muted) => None,
+        };
+        let key = TrackKey {
+            sender: self.plan.index,
+            video: false,
+        };
+        let mut due = 0;
+        loop {
+            let Some(a) = &mut self.audio else { return };
+            if a.next > now {
+                return;
+            }
+            a.next += AUDIO_FRAME;
+            let frame = a.frame;
+            a.frame += 1;
+            due += 1;
+            if due > MAX_CATCH_UP {
+                continue;
+            }
+            let Some(packet) = source
+                .filter(|s| !s.is_empty())
+                .and_then(|s| s[frame as usize % s.len()].as_ref())
+            else {
+                continue;
+            };
+            let sent_us = shared.micros(now);
+            self.frame_buf.clear();
+            self.frame_buf.extend_from_slice(packet);
+            FrameStamp {
+                sender: self.plan.index,
+                frame: a.sent,
+                sent_us,
+                layer: 0,
+                step: 1,
+                keyframe: false,
+            }
+            .append(&mut self.frame_buf);
+            a.sent += 1;
+            let Some(w) = self.rtc.writer(mid) else {
+                return;
+            };
+            let level = if speaking { -30 } else { -127 };
+            let rtp = MediaTime::new(frame * 960, Frequency::FORTY_EIGHT_KHZ);
+            if w.audio_level(level, speaking)
+                .write(pt, now, rtp, self.frame_buf.as_slice())
+                .is_ok()
+            {
+                shared.note_sent(key, sent_us);
+            }
+            self.poll(now);
+        }
+    }
+
+    fn send_video(&mut self, now: Instant) {
+        let Some(v) = &self.video else { return };
+        if v.next > now {
+            return;
+        }
+        let mid = v.mid;
+        let Some(pt) = self.pt_for(mid, Codec::Vp8) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let period = Duration::from_micros(1_000_000 / u64::from(VIDEO_FPS));
+        let mut due = 0;
+        loop {
+            let Some(v) = &mut self.video else { return };
+            if v.next > now {
+                return;
+            }
+            v.next += period;
+            let tick = v.tick;
+            v.tick += 1;
+            due += 1;
+            if due > MAX_CATCH_UP {
+                continue;
+            }
+            for i in 0..v.layers.len() {
+                let Some(v) = &mut self.video else { return };
+                let (rid, enc, step) = &mut v.layers[i];
+                if tick % u64::from(*step) != 0 {
+                    continue;
+                }
+                let rid = *rid;
+                let step = *step as u8;
+                let keyframe = enc.next_frame(&mut self.frame_buf);
+                let sent_us = shared.micros(now);
+                FrameStamp {
+                    sender: self.plan.index,
+                    frame: tick as u32,
+                    sent_us,
+                    layer: i as u8,
+                    step,
+                    keyframe,
+                }
+                .append(&mut self.frame_buf);
+                let Some(mut w) = self.rtc.writer(mid) else {
+                    return;
+                };
+                if let Some(rid) = rid {
+                    w = w.rid(rid);
+                }
+                let rtp = MediaTime::new(tick * 3000, Frequency::NINETY_KHZ);
+                if w.write(pt, now, rtp, self.frame_buf.as_slice()).is_ok() {
+                    shared.note_sent(
+                        TrackKey {
+                            sender: self.plan.index,
+                            video: true,
+                        },
+                        sent_us,
+                    );
+                }
+                self.poll(now);
+            }
+        }
+    }
+
+    /// Which tracks this participant should be receiving now, and which it is.
+    fn summary(&self, now: Instant) -> PeerSummary {
+        let sc = &self.shared.scenario;
+        let mut s = PeerSummary {
+            connected_at: self.connected_at,
+            first_media_at: self.first_media_at,
+            first_frame_ms: self.first_frame_ms.clone(),
+            ..PeerSummary::default()
+        };
+        if sc.subscribe == crate::scenario::Subscribe::None {
+            return s;
+        }
+        let now_us = self.shared.micros(now);
+        let window = FLOWING_WINDOW.as_micros() as u64;
+        let settle = SETTLE.as_micros() as u64;
+        let room_start = (self.plan.room * sc.participants) as u32;
+        for local in 0..sc.publishers_per_room() {
+            let sender = room_start + local as u32;
+            if sender == self.plan.index {
+                continue;
+            }
+            for video in [false, true] {
+                let key = TrackKey { sender, video };
+                let watched_since = if !video || self.watch.is_none() {
+                    Some(self.started)
+                } else {
+                    self.watch_since.get(&sender).copied()
+                };
+                let Some(watched_since) = watched_since else {
+                    continue;
+                };
+                let Some((first, last)) = self.shared.sent_span(key) else {
+                    continue;
+                };
+                let since = first.max(self.shared.micros(watched_since));
+                if now_us.saturating_sub(last) > window || now_us.saturating_sub(since) < settle {
+                    continue;
+                }
+                s.tracks_expected += 1;
+                let flowing = self
+                    .rx
+                    .get(&key)
+                    .and_then(|t| t.last_at)
+                    .is_some_and(|l| now.saturating_duration_since(l) < FLOWING_WINDOW);
+                if flowing {
+                    s.tracks_received += 1;
+                } else {
+                    s.missing.push(key);
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Simulcast rids, lowest layer first.
+const RIDS: [&str; 3] = ["q", "h", "f"];

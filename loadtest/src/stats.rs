@@ -1,0 +1,214 @@
+//! What the participants measured, gathered once a second into a time
+//! series. Peers keep their own counters on the packet path and hand over a
+//! delta each second, so nothing is shared per packet.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One peer's measurements over about one second.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// One-way frame latencies, microseconds.
+    pub latency_us: Vec<u32>,
+    /// RFC 3550 interarrival jitter of each receiving track, microseconds.
+    pub jitter_us: Vec<u32>,
+    /// RTP packets that reached the application (in delivered frames).
+    pub packets: u64,
+    /// RTP packets the sequence numbers say were sent to us.
+    pub packets_expected: u64,
+    pub frames: u64,
+    pub frames_lost: u64,
+    pub freezes: u64,
+    /// UDP bytes received, all of them (media, RTCP, STUN).
+    pub bytes: u64,
+    /// Datagrams the emulated bottleneck dropped.
+    pub shaper_drops: u64,
+}
+
+impl Delta {
+    fn add(&mut self, d: Delta) {
+        self.latency_us.extend(d.latency_us);
+        self.jitter_us.extend(d.jitter_us);
+        self.packets += d.packets;
+        self.packets_expected += d.packets_expected;
+        self.frames += d.frames;
+        self.frames_lost += d.frames_lost;
+        self.freezes += d.freezes;
+        self.bytes += d.bytes;
+        self.shaper_drops += d.shaper_drops;
+    }
+}
+
+/// One second of the run.
+#[derive(Debug, Default)]
+pub struct Second {
+    pub media: Delta,
+    pub joined: usize,
+    pub server_cpu_pct: Option<f64>,
+    pub server_rss_mb: Option<f64>,
+}
+
+pub struct Collector {
+    pub start: Instant,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    seconds: Vec<Second>,
+}
+
+impl Collector {
+    pub fn new(start: Instant) -> Collector {
+        Collector {
+            start,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn second_of(&self, at: Instant) -> usize {
+        at.saturating_duration_since(self.start).as_secs() as usize
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        // A poisoned lock only means a peer panicked mid-update; the
+        // numbers are still worth reporting.
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+
+    fn at(inner: &mut Inner, s: usize) -> &mut Second {
+        if inner.seconds.len() <= s {
+            inner.seconds.resize_with(s + 1, Second::default);
+        }
+        &mut inner.seconds[s]
+    }
+
+    pub fn record(&self, at: Instant, delta: Delta) {
+        let s = self.second_of(at);
+        self.with(|i| Self::at(i, s).media.add(delta));
+    }
+
+    pub fn record_server(&self, at: Instant, cpu_pct: f64, rss_mb: f64) {
+        let s = self.second_of(at);
+        self.with(|i| {
+            let sec = Self::at(i, s);
+            sec.server_cpu_pct = Some(cpu_pct);
+            sec.server_rss_mb = Some(rss_mb);
+        });
+    }
+
+    pub fn record_joined(&self, at: Instant, joined: usize) {
+        let s = self.second_of(at);
+        self.with(|i| Self::at(i, s).joined = joined);
+    }
+
+    /// Seconds so far, for the live display: (packets/s, loss %, p99 ms) of
+    /// the last complete second.
+    pub fn live(&self, now: Instant) -> Option<(u64, f64, f64)> {
+        let s = self.second_of(now).checked_sub(1)?;
+        self.with(|i| {
+            let sec = i.seconds.get_mut(s)?;
+            let loss = loss_pct(sec.media.packets, sec.media.packets_expected);
+            let p99 = percentile(&mut sec.media.latency_us, 0.99)? as f64 / 1000.0;
+            Some((sec.media.packets, loss, p99))
+        })
+    }
+
+    pub fn take(&self) -> Vec<Second> {
+        self.with(|i| std::mem::take(&mut i.seconds))
+    }
+}
+
+pub fn loss_pct(got: u64, expected: u64) -> f64 {
+    if expected == 0 {
+        return 0.0;
+    }
+    100.0 * expected.saturating_sub(got) as f64 / expected as f64
+}
+
+/// The `q` quantile (0..=1) by nearest rank; sorts `v`.
+pub fn percentile<T: Ord + Copy>(v: &mut [T], q: f64) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+pub fn percentile_f64(v: &mut [f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+/// RFC 3550 §6.4.1 interarrival jitter, on frames: how much the gap between
+/// arrivals differs from the gap between sends.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Jitter {
+    last: Option<(Instant, u64)>,
+    jitter_us: f64,
+}
+
+impl Jitter {
+    pub fn update(&mut self, arrived: Instant, sent_us: u64) {
+        if let Some((a, s)) = self.last {
+            let da = arrived.saturating_duration_since(a).as_micros() as f64;
+            let ds = sent_us as f64 - s as f64;
+            self.jitter_us += ((da - ds).abs() - self.jitter_us) / 16.0;
+        }
+        self.last = Some((arrived, sent_us));
+    }
+
+    pub fn get_us(&self) -> u32 {
+        self.jitter_us as u32
+    }
+}
+
+/// A frame gap that a viewer sees as a freeze (the WebRTC stats rule:
+/// longer than three frame intervals and at least 150 ms more than one).
+pub fn is_freeze(gap: Duration, interval: Duration) -> bool {
+    gap > (interval * 3).max(interval + Duration::from_millis(150))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<u32> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut v, 0.5), Some(50));
+        assert_eq!(percentile(&mut v, 0.99), Some(99));
+        assert_eq!(percentile(&mut v, 1.0), Some(100));
+        assert_eq!(percentile::<u32>(&mut [], 0.5), None);
+    }
+
+    #[test]
+    fn jitter_is_zero_for_even_arrivals_and_grows_with_wobble() {
+        let t0 = Instant::now();
+        let mut j = Jitter::default();
+        for k in 0..50u64 {
+            j.update(t0 + Duration::from_millis(20 * k), 20_000 * k);
+        }
+        assert_eq!(j.get_us(), 0);
+        for k in 50..100u64 {
+            let wobble = if k % 2 == 0 { 5 } else { 0 };
+            j.update(t0 + Duration::from_millis(20 * k + wobble), 20_000 * k);
+        }
+        assert!((3_000..=6_000).contains(&j.get_us()), "{}", j.get_us());
+    }
+
+    #[test]
+    fn freezes_follow_the_webrtc_rule() {
+        let i = Duration::from_millis(33);
+        assert!(!is_freeze(Duration::from_millis(100), i));
+        assert!(is_freeze(Duration::from_millis(200), i));
+        let slow = Duration::from_millis(66);
+        assert!(!is_freeze(Duration::from_millis(200), slow));
+    }
+}
