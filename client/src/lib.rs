@@ -3,6 +3,7 @@
 //! and the load tester, and embeddable by vendors.
 
 pub mod media;
+#[cfg(feature = "webrtc-peer")]
 pub mod peer;
 pub mod signal;
 pub mod stamp;

@@ -4,6 +4,8 @@
 //! CPU and memory. See `--help`.
 
 mod downlink;
+mod janus;
+mod janus_target;
 mod peer;
 mod report;
 mod run;
@@ -198,7 +200,7 @@ impl Args {
         if sc.total_participants() > 20_000 {
             bail!("at most 20000 participants in one process");
         }
-        if !(sc.ramp > 0.0) {
+        if sc.ramp.is_nan() || sc.ramp <= 0.0 {
             bail!("--ramp must be positive");
         }
         Ok(sc)
@@ -346,7 +348,22 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
             })
             .await
         }
-        Target::Janus => bail!("the janus target is not built yet"),
+        Target::Janus => {
+            let target = Arc::new(janus_target::JanusTarget {
+                url: url.clone(),
+                audio_mids: Default::default(),
+            });
+            let sh = shared.clone();
+            run::run(shared.clone(), server_pid, progress, move |plan, stop| {
+                Box::pin(janus_target::participant(
+                    target.clone(),
+                    sh.clone(),
+                    plan,
+                    stop,
+                ))
+            })
+            .await
+        }
     };
     let target_name = match args.target {
         Target::Stamma => "stamma",

@@ -75,9 +75,12 @@ impl Shared {
     }
 }
 
+/// An SDP offer and the (mid, kind) of each track it publishes.
+pub type Offer = (String, Vec<(Mid, MediaKind)>);
+
 pub enum PeerCmd {
-    /// Offer what this peer publishes: the SDP and (mid, kind) per track.
-    Offer(oneshot::Sender<Result<(String, Vec<(Mid, MediaKind)>), String>>),
+    /// Offer what this peer publishes.
+    Offer(oneshot::Sender<Result<Offer, String>>),
     Answer(String, oneshot::Sender<Result<(), String>>),
     /// The remote side's offer, with the tracks it brings: our answer.
     AcceptOffer(
@@ -113,7 +116,7 @@ impl PeerHandle {
         rx.await.ok()
     }
 
-    pub async fn offer(&self) -> Result<(String, Vec<(Mid, MediaKind)>), String> {
+    pub async fn offer(&self) -> Result<Offer, String> {
         self.ask(PeerCmd::Offer)
             .await
             .unwrap_or_else(|| Err("peer stopped".into()))
@@ -144,8 +147,11 @@ impl PeerHandle {
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A track counts as flowing if a frame came within this long.
 const FLOWING_WINDOW: Duration = Duration::from_secs(2);
-/// A track must have been watched and sent this long before it is expected.
+/// A track must have been watched this long before it is expected (a
+/// resumed video waits for a keyframe)...
 const SETTLE: Duration = Duration::from_secs(3);
+/// ...and sent for this long (a speaker who just took the floor).
+const SENDER_SETTLE: Duration = Duration::from_secs(1);
 const AUDIO_FRAME: Duration = Duration::from_millis(20);
 /// Video ticks at the highest frame rate; slower layers skip ticks.
 const VIDEO_FPS: u32 = 30;
@@ -208,10 +214,21 @@ struct Peer {
     next_report: Instant,
     downlink: Option<Downlink>,
     frame_buf: Vec<u8>,
+    counts_join: bool,
+    /// When str0m wants its next timeout.
+    wake: Instant,
+    wrote_media: bool,
 }
 
 /// Start a peer bound to a fresh UDP port.
-pub async fn spawn(shared: Arc<Shared>, plan: ParticipantPlan) -> std::io::Result<PeerHandle> {
+/// `counts_join`: whether this connection coming up counts as its
+/// participant having joined (a Janus publisher connection beside a
+/// subscriber connection does not).
+pub async fn spawn(
+    shared: Arc<Shared>,
+    plan: ParticipantPlan,
+    counts_join: bool,
+) -> std::io::Result<PeerHandle> {
     let socket = UdpSocket::bind(SocketAddr::new(shared.bind_ip, 0)).await?;
     let local = socket.local_addr()?;
     let now = Instant::now();
@@ -253,6 +270,9 @@ pub async fn spawn(shared: Arc<Shared>, plan: ParticipantPlan) -> std::io::Resul
         next_report: now + REPORT_EVERY,
         downlink,
         frame_buf: Vec::with_capacity(64 * 1024),
+        counts_join,
+        wake: now,
+        wrote_media: false,
     };
     tokio::spawn(peer.run());
     Ok(PeerHandle { cmds: tx })
@@ -263,16 +283,18 @@ impl Peer {
         let mut buf = vec![0u8; 2048];
         loop {
             let now = Instant::now();
-            self.send_media(now);
+            // str0m's timeout handling walks every stream, so it runs when
+            // str0m asked for it or media was written, not per datagram.
+            let wrote = self.send_media(now);
             self.drain_downlink(now);
             if now >= self.next_report {
                 self.report(now);
             }
-            let Some(wake) = self.poll(now) else {
+            if (wrote || now >= self.wake) && !self.advance(now) {
                 debug!(peer = self.plan.index, "media connection failed");
                 return self.wait_for_finish().await;
-            };
-            let mut next = wake.min(self.next_report);
+            }
+            let mut next = self.wake.min(self.next_report);
             for t in [
                 self.audio.as_ref().map(|a| a.next),
                 self.video.as_ref().map(|v| v.next),
@@ -339,7 +361,7 @@ impl Peer {
             return;
         };
         if self.rtc.handle_input(Input::Receive(now, r)).is_ok() {
-            self.poll(now);
+            self.drain(now);
         }
     }
 
@@ -355,18 +377,21 @@ impl Peer {
         }
     }
 
-    /// Drive str0m until it wants time to pass: send what it transmits,
-    /// handle what it reports. `None` once the connection is dead.
-    fn poll(&mut self, now: Instant) -> Option<Instant> {
-        if !self.rtc.is_alive() {
-            return None;
-        }
-        if self.rtc.handle_input(Input::Timeout(now)).is_err() {
-            return None;
-        }
+    /// Let str0m's clock reach `now` (it sends queued media then), and
+    /// drain. False once the connection is dead.
+    fn advance(&mut self, now: Instant) -> bool {
+        self.rtc.is_alive() && self.rtc.handle_input(Input::Timeout(now)).is_ok() && self.drain(now)
+    }
+
+    /// Take str0m's output until it wants time to pass: send what it
+    /// transmits, handle what it reports, remember when to wake it.
+    fn drain(&mut self, now: Instant) -> bool {
         loop {
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return Some(t),
+                Ok(Output::Timeout(t)) => {
+                    self.wake = t;
+                    return true;
+                }
                 Ok(Output::Transmit(t)) => {
                     // UDP: a full socket buffer drops, as the network would.
                     let _ = self.socket.try_send_to(&t.contents, t.destination);
@@ -374,7 +399,7 @@ impl Peer {
                 Ok(Output::Event(e)) => self.event(now, e),
                 Err(e) => {
                     debug!(peer = self.plan.index, error = %e, "str0m failed");
-                    return None;
+                    return false;
                 }
             }
         }
@@ -382,9 +407,9 @@ impl Peer {
 
     fn event(&mut self, now: Instant, e: Event) {
         match e {
-            Event::Connected => {
-                if self.connected_at.is_none() {
-                    self.connected_at = Some(now);
+            Event::Connected if self.connected_at.is_none() => {
+                self.connected_at = Some(now);
+                if self.counts_join {
                     self.shared.joined.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -422,8 +447,8 @@ impl Peer {
             .latency_us
             .push(latency.min(u64::from(u32::MAX)) as u32);
         let t = self.rx.entry(key).or_default();
-        let first_seq = *d.seq_range.start().clone();
-        let last_seq = *d.seq_range.end().clone();
+        let first_seq = **d.seq_range.start();
+        let last_seq = **d.seq_range.end();
         let first = *t.seq_first.get_or_insert(first_seq);
         if last_seq >= first {
             t.seq_max = t.seq_max.max(last_seq);
@@ -536,11 +561,11 @@ impl Peer {
                 return true;
             }
         }
-        self.poll(now);
+        self.drain(now);
         false
     }
 
-    fn make_offer(&mut self, now: Instant) -> Result<(String, Vec<(Mid, MediaKind)>), String> {
+    fn make_offer(&mut self, now: Instant) -> Result<Offer, String> {
         let mut api = self.rtc.sdp_api();
         let mut tracks = Vec::new();
         let sc = &self.shared.scenario;
@@ -605,12 +630,14 @@ impl Peer {
         Some(pt)
     }
 
-    fn send_media(&mut self, now: Instant) {
+    /// Write what is due; true if anything was written.
+    fn send_media(&mut self, now: Instant) -> bool {
         if self.connected_at.is_none() {
-            return;
+            return false;
         }
         self.send_audio(now);
         self.send_video(now);
+        std::mem::take(&mut self.wrote_media)
     }
 
     fn send_audio(&mut self, now: Instant) {
@@ -677,7 +704,7 @@ impl Peer {
             {
                 shared.note_sent(key, sent_us);
             }
-            self.poll(now);
+            self.wrote_media = true;
         }
     }
 
@@ -740,7 +767,7 @@ impl Peer {
                         sent_us,
                     );
                 }
-                self.poll(now);
+                self.wrote_media = true;
             }
         }
     }
@@ -760,6 +787,7 @@ impl Peer {
         let now_us = self.shared.micros(now);
         let window = FLOWING_WINDOW.as_micros() as u64;
         let settle = SETTLE.as_micros() as u64;
+        let sender_settle = SENDER_SETTLE.as_micros() as u64;
         let room_start = (self.plan.room * sc.participants) as u32;
         for local in 0..sc.publishers_per_room() {
             let sender = room_start + local as u32;
@@ -779,8 +807,11 @@ impl Peer {
                 let Some((first, last)) = self.shared.sent_span(key) else {
                     continue;
                 };
-                let since = first.max(self.shared.micros(watched_since));
-                if now_us.saturating_sub(last) > window || now_us.saturating_sub(since) < settle {
+                let watched = now_us.saturating_sub(self.shared.micros(watched_since));
+                if now_us.saturating_sub(last) > window
+                    || watched < settle
+                    || now_us.saturating_sub(first) < sender_settle
+                {
                     continue;
                 }
                 s.tracks_expected += 1;

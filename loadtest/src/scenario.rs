@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn three_speak_at_a_time_and_everyone_gets_a_turn() {
         let s = Scenario::preset(Preset::Meeting50);
-        let mut spoke = vec![false; 50];
+        let mut spoke = [false; 50];
         for t in 0..100 {
             let at = Duration::from_secs(t * 5);
             let now: Vec<usize> = (0..50).filter(|&p| s.speaking(p, at)).collect();
@@ -267,10 +267,12 @@ mod tests {
     #[test]
     fn identities_map_back_to_indices() {
         let s = Scenario::preset(Preset::Hearing);
-        let p = s.role_of(206);
-        assert_eq!(p.room, 1);
-        assert_eq!(ParticipantPlan::index_of(&p.identity()), Some(206));
+        let p = s.role_of(210);
+        assert_eq!((p.room, p.local), (1, 5));
+        assert_eq!(ParticipantPlan::index_of(&p.identity()), Some(210));
         assert_eq!(ParticipantPlan::index_of("bob"), None);
-        assert!(!p.video && s.role_of(4).video);
+        // Five speakers per room publish; attendees do not.
+        assert!(!p.video && !p.audio);
+        assert!(s.role_of(4).video && s.role_of(209).video);
     }
 }

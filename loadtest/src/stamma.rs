@@ -137,7 +137,7 @@ async fn session(
     for p in &others {
         room.learn_participant(p);
     }
-    let peer = peer::spawn(shared.clone(), plan)
+    let peer = peer::spawn(shared.clone(), plan, true)
         .await
         .context("binding the peer's UDP socket")?;
     run.peer = Some(peer);
