@@ -7,7 +7,7 @@
 //! header, the Opus TOC byte) stay where they belong, at the start.
 
 /// Bytes a stamp occupies at the end of a frame.
-pub const STAMP_LEN: usize = 24;
+pub const STAMP_LEN: usize = 28;
 
 const MAGIC: [u8; 4] = *b"STMP";
 
@@ -25,11 +25,16 @@ pub struct FrameStamp {
     /// How far `frame` advances between consecutive frames of this layer.
     pub step: u8,
     pub keyframe: bool,
+    /// The whole frame's length, stamp included, as sent: a receiver whose
+    /// frame differs got a frame mixed up or cut short by the SFU.
+    pub len: u32,
 }
 
 impl FrameStamp {
-    /// Append the stamp to a frame being built.
+    /// Append the stamp to a frame being built; `len` is set to the
+    /// frame's final length.
     pub fn append(&self, out: &mut Vec<u8>) {
+        let len = (out.len() + STAMP_LEN) as u32;
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&self.sender.to_be_bytes());
         out.extend_from_slice(&self.frame.to_be_bytes());
@@ -38,6 +43,7 @@ impl FrameStamp {
         out.push(self.step);
         out.push(u8::from(self.keyframe));
         out.push(0);
+        out.extend_from_slice(&len.to_be_bytes());
     }
 
     /// The stamp at the end of `frame`, if it has one.
@@ -55,6 +61,7 @@ impl FrameStamp {
             layer: s[20],
             step: s[21].max(1),
             keyframe: s[22] != 0,
+            len: u32_at(24)?,
         })
     }
 }
@@ -72,11 +79,14 @@ mod tests {
             layer: 2,
             step: 1,
             keyframe: true,
+            len: 0,
         };
         let mut frame = vec![0x10, 0x02, 0x00];
         frame.extend(std::iter::repeat_n(0xab, 500));
         st.append(&mut frame);
-        assert_eq!(FrameStamp::read(&frame), Some(st));
+        let read = FrameStamp::read(&frame).expect("stamp");
+        assert_eq!(read.len as usize, frame.len());
+        assert_eq!(FrameStamp { len: 0, ..read }, st);
     }
 
     #[test]

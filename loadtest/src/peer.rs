@@ -460,6 +460,16 @@ impl Peer {
         } else {
             AUDIO_FRAME
         };
+        if d.data.len() != stamp.len as usize {
+            self.delta.corrupt_frames += 1;
+        }
+        if let Some((layer, _)) = t.last_frame
+            && video
+            && layer != stamp.layer
+            && !stamp.keyframe
+        {
+            self.delta.bad_switches += 1;
+        }
         if let Some((layer, last)) = t.last_frame
             && layer == stamp.layer
             && stamp.frame > last
@@ -690,6 +700,7 @@ impl Peer {
                 layer: 0,
                 step: 1,
                 keyframe: false,
+                len: 0,
             }
             .append(&mut self.frame_buf);
             a.sent += 1;
@@ -749,6 +760,7 @@ impl Peer {
                     layer: i as u8,
                     step,
                     keyframe,
+                    len: 0,
                 }
                 .append(&mut self.frame_buf);
                 let Some(mut w) = self.rtc.writer(mid) else {

@@ -57,6 +57,11 @@ pub struct Report {
     pub loss_pct: f64,
     pub frame_loss_pct: f64,
     pub freezes: u64,
+    /// Video frames that switched simulcast layer without a keyframe
+    /// (undecodable): must be 0.
+    pub bad_layer_switches: u64,
+    /// Frames that arrived with another length than they were sent: must be 0.
+    pub corrupt_frames: u64,
     pub jitter_ms: P2,
     pub latency_ms: P3,
     pub join_ms: P2,
@@ -125,6 +130,8 @@ impl Report {
                 total.frames += m.frames;
                 total.frames_lost += m.frames_lost;
                 total.freezes += m.freezes;
+                total.bad_switches += m.bad_switches;
+                total.corrupt_frames += m.corrupt_frames;
                 total.bytes += m.bytes;
                 total.shaper_drops += m.shaper_drops;
             }
@@ -160,6 +167,18 @@ impl Report {
                 tracks_expected - tracks_received
             ));
         }
+        if total.corrupt_frames > 0 {
+            violations.push(format!(
+                "{} frames arrived corrupt (not as sent)",
+                total.corrupt_frames
+            ));
+        }
+        if total.bad_switches > 0 {
+            violations.push(format!(
+                "{} video frames switched simulcast layer without a keyframe",
+                total.bad_switches
+            ));
+        }
         if loss > sc.max_loss_pct {
             violations.push(format!("loss {loss}% > {}%", sc.max_loss_pct));
         }
@@ -187,6 +206,8 @@ impl Report {
             loss_pct: loss,
             frame_loss_pct: frame_loss,
             freezes: total.freezes,
+            bad_layer_switches: total.bad_switches,
+            corrupt_frames: total.corrupt_frames,
             jitter_ms: P2 {
                 p50: ms(percentile(&mut total.jitter_us, 0.5)),
                 p99: ms(percentile(&mut total.jitter_us, 0.99)),
@@ -246,7 +267,10 @@ impl Report {
             ("packet loss", format!("{} %", self.loss_pct)),
             (
                 "frame loss",
-                format!("{} %  ({} freezes)", self.frame_loss_pct, self.freezes),
+                format!(
+                    "{} %  ({} freezes, {} layer switches without a keyframe, {} corrupt)",
+                    self.frame_loss_pct, self.freezes, self.bad_layer_switches, self.corrupt_frames
+                ),
             ),
             (
                 "latency p50 / p95 / p99",

@@ -19,6 +19,12 @@ pub struct Delta {
     pub frames: u64,
     pub frames_lost: u64,
     pub freezes: u64,
+    /// Video frames from another simulcast layer than the frame before,
+    /// without being a keyframe: a decoder cannot display them.
+    pub bad_switches: u64,
+    /// Frames whose length differs from what the sender sent (mixed up or
+    /// cut short on the way).
+    pub corrupt_frames: u64,
     /// UDP bytes received, all of them (media, RTCP, STUN).
     pub bytes: u64,
     /// Datagrams the emulated bottleneck dropped.
@@ -34,6 +40,8 @@ impl Delta {
         self.frames += d.frames;
         self.frames_lost += d.frames_lost;
         self.freezes += d.freezes;
+        self.bad_switches += d.bad_switches;
+        self.corrupt_frames += d.corrupt_frames;
         self.bytes += d.bytes;
         self.shaper_drops += d.shaper_drops;
     }
