@@ -33,6 +33,7 @@ pub struct SecondRow {
     pub jitter_p99_ms: Option<f64>,
     pub server_cpu_pct: Option<f64>,
     pub server_rss_mb: Option<f64>,
+    pub loadgen_cpu_pct: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +73,9 @@ pub struct Report {
     pub server_cpu_pct: Option<f64>,
     pub server_cpu_seconds: Option<f64>,
     pub server_rss_mb: Option<f64>,
+    /// This load generator's CPU, % of one core: near the machine's cores,
+    /// the generator (not the server) may be what broke.
+    pub loadgen_cpu_pct: Option<f64>,
     pub downlink_kbps: Option<u32>,
     pub downlink_drops: u64,
     pub max_loss_pct: f64,
@@ -103,6 +107,7 @@ impl Report {
         let last = (w1.floor() as usize).max(first);
         let mut total = Delta::default();
         let mut cpu = Vec::new();
+        let mut gen_cpu: Vec<f64> = Vec::new();
         let mut series = Vec::new();
         for (t, s) in data.seconds.into_iter().enumerate() {
             let mut m = s.media;
@@ -117,11 +122,15 @@ impl Report {
                 jitter_p99_ms: ms(percentile(&mut m.jitter_us, 0.99)),
                 server_cpu_pct: s.server_cpu_pct.map(round2),
                 server_rss_mb: s.server_rss_mb.map(round2),
+                loadgen_cpu_pct: s.loadgen_cpu_pct.map(round2),
             };
             series.push(row);
             if (first..last).contains(&t) {
                 if let Some(c) = s.server_cpu_pct {
                     cpu.push(c);
+                }
+                if let Some(c) = s.loadgen_cpu_pct {
+                    gen_cpu.push(c);
                 }
                 total.latency_us.extend(m.latency_us);
                 total.jitter_us.extend(m.jitter_us);
@@ -232,6 +241,8 @@ impl Report {
                 .then(|| round2(cpu.iter().sum::<f64>() / cpu.len() as f64)),
             server_cpu_seconds: data.server_cpu_seconds.map(round2),
             server_rss_mb: data.server_peak_rss_mb.map(round2),
+            loadgen_cpu_pct: (!gen_cpu.is_empty())
+                .then(|| round2(gen_cpu.iter().sum::<f64>() / gen_cpu.len() as f64)),
             downlink_kbps: sc.downlink_kbps,
             downlink_drops: total.shaper_drops,
             max_loss_pct: sc.max_loss_pct,
@@ -317,6 +328,14 @@ impl Report {
                     opt(self.server_rss_mb)
                 ),
             ),
+            (
+                "load generator",
+                format!(
+                    "CPU {} % on {} cores",
+                    opt(self.loadgen_cpu_pct),
+                    self.load_generator_cores
+                ),
+            ),
         ];
         if let Some(k) = self.downlink_kbps {
             rows.push((
@@ -367,6 +386,9 @@ impl Report {
                 r.server_cpu_pct
             }),
             chart("Server RSS (MiB)", &self.series, |r| r.server_rss_mb),
+            chart("Load generator CPU (% of one core)", &self.series, |r| {
+                r.loadgen_cpu_pct
+            }),
             chart("Participants connected", &self.series, |r| {
                 Some(r.joined as f64)
             }),

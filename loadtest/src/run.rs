@@ -127,24 +127,36 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let sampling = Arc::new(AtomicBool::new(true));
     let peak_rss = Arc::new(std::sync::Mutex::new(None::<f64>));
-    if let Some(pid) = server_pid {
+    {
         let (c, go, peak) = (collector.clone(), sampling.clone(), peak_rss.clone());
+        let me = std::process::id();
         tokio::spawn(async move {
-            let mut last = server::sample(pid).map(|s| (Instant::now(), s.0));
+            let mut last = server_pid.and_then(server::sample).map(|s| s.0);
+            let mut last_me = server::sample(me).map(|s| s.0);
+            let mut last_t = Instant::now();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             while go.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let now = Instant::now();
-                let Some((cpu, rss)) = server::sample(pid) else {
+                let wall = now.duration_since(last_t).as_secs_f64().max(1e-3);
+                last_t = now;
+                // The generator's own CPU tells whether it, not the server,
+                // was the limit.
+                if let Some((cpu, _)) = server::sample(me) {
+                    if let Some(c0) = last_me {
+                        c.record_loadgen(now, 100.0 * (cpu - c0) / wall);
+                    }
+                    last_me = Some(cpu);
+                }
+                let Some((cpu, rss)) = server_pid.and_then(server::sample) else {
                     continue;
                 };
-                if let Some((t, c0)) = last {
-                    let wall = now.duration_since(t).as_secs_f64().max(1e-3);
+                if let Some(c0) = last {
                     c.record_server(now, 100.0 * (cpu - c0) / wall, rss);
                 }
                 let mut p = peak.lock().unwrap_or_else(|e| e.into_inner());
                 *p = Some(p.map_or(rss, |x: f64| x.max(rss)));
-                last = Some((now, cpu));
+                last = Some(cpu);
             }
         });
     }

@@ -54,6 +54,8 @@ pub struct Second {
     pub joined: usize,
     pub server_cpu_pct: Option<f64>,
     pub server_rss_mb: Option<f64>,
+    /// This load generator's own CPU, % of one core.
+    pub loadgen_cpu_pct: Option<f64>,
 }
 
 pub struct Collector {
@@ -104,6 +106,11 @@ impl Collector {
             sec.server_cpu_pct = Some(cpu_pct);
             sec.server_rss_mb = Some(rss_mb);
         });
+    }
+
+    pub fn record_loadgen(&self, at: Instant, cpu_pct: f64) {
+        let s = self.second_of(at);
+        self.with(|i| Self::at(i, s).loadgen_cpu_pct = Some(cpu_pct));
     }
 
     pub fn record_joined(&self, at: Instant, joined: usize) {
