@@ -149,26 +149,21 @@ impl Args {
             sc.rooms = v;
         }
         if let Some(v) = self.participants {
+            // A preset where everyone publishes keeps everyone publishing at
+            // another size; a fixed panel (the hearing's 5) stays fixed.
+            let all_video = sc.video_publishers == sc.participants;
+            let all_audio = sc.audio_publishers == sc.participants;
             sc.participants = v;
-            // Presets whose everyone publishes keep doing so at another size.
-            if sc.video_publishers > v || self.scenario != Preset::Hearing {
-                sc.video_publishers = sc.video_publishers.min(v).max(
-                    if sc.video_publishers > 0 && self.scenario != Preset::Hearing {
-                        v
-                    } else {
-                        0
-                    },
-                );
-            }
-            if sc.audio_publishers > v || self.scenario != Preset::Hearing {
-                sc.audio_publishers = sc.audio_publishers.min(v).max(
-                    if sc.audio_publishers > 0 && self.scenario != Preset::Hearing {
-                        v
-                    } else {
-                        0
-                    },
-                );
-            }
+            sc.video_publishers = if all_video {
+                v
+            } else {
+                sc.video_publishers.min(v)
+            };
+            sc.audio_publishers = if all_audio {
+                v
+            } else {
+                sc.audio_publishers.min(v)
+            };
         }
         if let Some(v) = self.video_publishers {
             sc.video_publishers = v;
@@ -380,4 +375,64 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
     }
     drop(spawned);
     Ok(report.passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(args: &[&str]) -> Scenario {
+        let mut all = vec!["stamma-loadtest"];
+        all.extend_from_slice(args);
+        Args::try_parse_from(all)
+            .expect("arguments parse")
+            .scenario()
+            .expect("valid scenario")
+    }
+
+    #[test]
+    fn resizing_a_preset_keeps_its_shape() {
+        let m = scenario(&["--scenario", "meeting-50", "--participants", "20"]);
+        assert_eq!(
+            (m.participants, m.video_publishers, m.audio_publishers),
+            (20, 20, 20)
+        );
+        let h = scenario(&["--scenario", "hearing", "--participants", "60"]);
+        assert_eq!(
+            (h.participants, h.video_publishers, h.audio_publishers),
+            (60, 5, 5)
+        );
+        let a = scenario(&["--scenario", "audio-300", "--participants", "100"]);
+        assert_eq!(
+            (a.participants, a.video_publishers, a.audio_publishers),
+            (100, 0, 100)
+        );
+        let c = scenario(&["--participants", "3", "--subscribe", "none", "--simulcast"]);
+        assert_eq!(c.subscribe, Subscribe::None);
+        assert!(c.simulcast && c.video_publishers == 3);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        let parse = |a: &[&str]| {
+            let mut all = vec!["stamma-loadtest"];
+            all.extend_from_slice(a);
+            Args::try_parse_from(all)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.scenario().map_err(|e| e.to_string()))
+        };
+        assert!(parse(&["--participants", "0"]).is_err());
+        assert!(parse(&["--ramp", "0"]).is_err());
+        assert!(parse(&["--subscribe", "some"]).is_err());
+        assert!(parse(&["--duration", "5 parsecs"]).is_err());
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("-1s").is_err());
+    }
 }
