@@ -178,17 +178,64 @@ struct AudioSource {
 #[derive(Default)]
 struct RxTrack {
     offered_at: Option<Instant>,
-    first_at: Option<Instant>,
     last_at: Option<Instant>,
     seq_first: Option<u64>,
     seq_max: u64,
     packets: u64,
     /// (layer, frame) of the last frame.
     last_frame: Option<(u8, u32)>,
-    interval: Duration,
     jitter: Jitter,
     /// For deltas: packets and expected at the last report.
     reported: (u64, u64),
+}
+
+impl RxTrack {
+    /// Account one received frame (its stamp, length and RTP sequence
+    /// range) into `delta`; true if it is the track's first.
+    fn frame(
+        &mut self,
+        now: Instant,
+        stamp: &FrameStamp,
+        len: usize,
+        (first_seq, last_seq): (u64, u64),
+        video: bool,
+        delta: &mut Delta,
+    ) -> bool {
+        let is_first = self.last_at.is_none();
+        let first = *self.seq_first.get_or_insert(first_seq);
+        if last_seq >= first {
+            self.seq_max = self.seq_max.max(last_seq);
+            self.packets += last_seq - first_seq + 1;
+        }
+        delta.frames += 1;
+        if len != stamp.len as usize {
+            delta.corrupt_frames += 1;
+        }
+        if let Some((layer, last)) = self.last_frame {
+            if video && layer != stamp.layer && !stamp.keyframe {
+                delta.bad_switches += 1;
+            }
+            if layer == stamp.layer && stamp.frame > last {
+                let step = u32::from(stamp.step.max(1));
+                delta.frames_lost += u64::from((stamp.frame - last) / step).saturating_sub(1);
+            }
+        }
+        let interval = if video {
+            Duration::from_millis(1000 * u64::from(stamp.step) / u64::from(VIDEO_FPS))
+        } else {
+            AUDIO_FRAME
+        };
+        if let Some(prev) = self.last_at
+            && video
+            && is_freeze(now.saturating_duration_since(prev), interval)
+        {
+            delta.freezes += 1;
+        }
+        self.last_frame = Some((stamp.layer, stamp.frame));
+        self.jitter.update(now, stamp.sent_us);
+        self.last_at = Some(now);
+        is_first
+    }
 }
 
 struct Peer {
@@ -447,53 +494,12 @@ impl Peer {
             .latency_us
             .push(latency.min(u64::from(u32::MAX)) as u32);
         let t = self.rx.entry(key).or_default();
-        let first_seq = **d.seq_range.start();
-        let last_seq = **d.seq_range.end();
-        let first = *t.seq_first.get_or_insert(first_seq);
-        if last_seq >= first {
-            t.seq_max = t.seq_max.max(last_seq);
-            t.packets += last_seq - first_seq + 1;
-        }
-        self.delta.frames += 1;
-        let interval = if video {
-            Duration::from_millis(1000 * u64::from(stamp.step) / u64::from(VIDEO_FPS))
-        } else {
-            AUDIO_FRAME
-        };
-        if d.data.len() != stamp.len as usize {
-            self.delta.corrupt_frames += 1;
-        }
-        if let Some((layer, _)) = t.last_frame
-            && video
-            && layer != stamp.layer
-            && !stamp.keyframe
-        {
-            self.delta.bad_switches += 1;
-        }
-        if let Some((layer, last)) = t.last_frame
-            && layer == stamp.layer
-            && stamp.frame > last
-        {
-            let step = u32::from(stamp.step.max(1));
-            self.delta.frames_lost += u64::from((stamp.frame - last) / step).saturating_sub(1);
-        }
-        if let Some(prev) = t.last_at
-            && video
-            && is_freeze(now - prev, interval)
-        {
-            self.delta.freezes += 1;
-        }
-        t.interval = interval;
-        t.last_frame = Some((stamp.layer, stamp.frame));
-        t.jitter.update(now, sent_us);
-        t.last_at = Some(now);
-        if t.first_at.is_none() {
-            t.first_at = Some(now);
-            if video {
-                let since = t.offered_at.unwrap_or(self.started);
-                self.first_frame_ms
-                    .push(now.saturating_duration_since(since).as_secs_f64() * 1000.0);
-            }
+        let seqs = (**d.seq_range.start(), **d.seq_range.end());
+        let first = t.frame(now, &stamp, d.data.len(), seqs, video, &mut self.delta);
+        if first && video {
+            let since = t.offered_at.unwrap_or(self.started);
+            self.first_frame_ms
+                .push(now.saturating_duration_since(since).as_secs_f64() * 1000.0);
         }
     }
 
@@ -845,3 +851,56 @@ impl Peer {
 
 /// Simulcast rids, lowest layer first.
 const RIDS: [&str; 3] = ["q", "h", "f"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(frame: u32, layer: u8, keyframe: bool, len: u32) -> FrameStamp {
+        FrameStamp {
+            sender: 1,
+            frame,
+            sent_us: u64::from(frame) * 33_333,
+            layer,
+            step: 1,
+            keyframe,
+            len,
+        }
+    }
+
+    #[test]
+    fn receive_accounting_counts_loss_switches_corruption_and_freezes() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = RxTrack::default();
+        let mut d = Delta::default();
+        assert!(t.frame(ms(0), &stamp(0, 1, true, 100), 100, (1, 2), true, &mut d));
+        assert!(!t.frame(ms(33), &stamp(1, 1, false, 100), 100, (3, 3), true, &mut d));
+        // Frames 2 and 3 never arrive; packets 4..=5 neither.
+        t.frame(ms(133), &stamp(4, 1, false, 100), 100, (6, 6), true, &mut d);
+        assert_eq!(d.frames_lost, 2);
+        assert_eq!(d.freezes, 0, "100 ms is no freeze at 30 fps");
+        // A layer switch on a delta frame, then one on a keyframe.
+        t.frame(ms(166), &stamp(5, 2, false, 100), 100, (7, 7), true, &mut d);
+        t.frame(ms(200), &stamp(6, 0, true, 100), 100, (8, 8), true, &mut d);
+        assert_eq!(d.bad_switches, 1);
+        // A frame that is not as long as it was sent; then a 400 ms gap.
+        t.frame(ms(233), &stamp(7, 0, false, 100), 90, (9, 9), true, &mut d);
+        t.frame(
+            ms(633),
+            &stamp(8, 0, false, 100),
+            100,
+            (10, 10),
+            true,
+            &mut d,
+        );
+        assert_eq!(d.corrupt_frames, 1);
+        assert_eq!(d.freezes, 1);
+        assert_eq!(d.frames, 7);
+        // Packets: 8 of 10 sequence numbers arrived in delivered frames.
+        assert_eq!(
+            (t.packets, t.seq_max + 1 - t.seq_first.unwrap_or(0)),
+            (8, 10)
+        );
+    }
+}

@@ -84,6 +84,8 @@ pub struct Report {
     /// Why it did not pass, in words.
     pub violations: Vec<String>,
     pub failures: Vec<Failure>,
+    /// Up to 20 expected tracks not flowing at the end: "receiver <- sender audio|video".
+    pub missing_tracks: Vec<String>,
     /// Non-fatal errors the server sent participants (e.g. rate limits).
     pub server_errors: usize,
     pub load_generator_cores: usize,
@@ -132,17 +134,7 @@ impl Report {
                 if let Some(c) = s.loadgen_cpu_pct {
                     gen_cpu.push(c);
                 }
-                total.latency_us.extend(m.latency_us);
-                total.jitter_us.extend(m.jitter_us);
-                total.packets += m.packets;
-                total.packets_expected += m.packets_expected;
-                total.frames += m.frames;
-                total.frames_lost += m.frames_lost;
-                total.freezes += m.freezes;
-                total.bad_switches += m.bad_switches;
-                total.corrupt_frames += m.corrupt_frames;
-                total.bytes += m.bytes;
-                total.shaper_drops += m.shaper_drops;
+                total.add(m);
             }
         }
         let window_secs = (last - first).max(1) as f64;
@@ -250,6 +242,16 @@ impl Report {
             passed: violations.is_empty(),
             violations,
             failures,
+            missing_tracks: outcomes
+                .iter()
+                .flat_map(|o| {
+                    o.missing.iter().map(move |k| {
+                        let kind = if k.video { "video" } else { "audio" };
+                        format!("{} <- {} {kind}", o.index, k.sender)
+                    })
+                })
+                .take(20)
+                .collect(),
             server_errors: outcomes.iter().map(|o| o.server_errors.len()).sum(),
             load_generator_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             series,

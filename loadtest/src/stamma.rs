@@ -51,6 +51,8 @@ struct Room {
     tracks: HashMap<String, TrackKey>,
     /// Tracks whose delivery is paused now.
     paused: HashSet<String>,
+    /// Tracks or the grid page changed since pauses were last worked out.
+    changed: bool,
 }
 
 impl Room {
@@ -67,6 +69,7 @@ impl Room {
         if let Some(&sender) = self.senders.get(&t.participant_id) {
             let video = t.kind == WireKind::Video;
             self.tracks.insert(t.id.clone(), TrackKey { sender, video });
+            self.changed = true;
         }
     }
 
@@ -75,6 +78,9 @@ impl Room {
     fn changes(&mut self, watch_all: bool, page: Option<&[u32]>) -> (Vec<String>, Vec<String>) {
         let mut pause = Vec::new();
         let mut resume = Vec::new();
+        if !std::mem::take(&mut self.changed) {
+            return (pause, resume);
+        }
         for (id, key) in &self.tracks {
             let want = if !watch_all {
                 false
@@ -211,6 +217,7 @@ async fn session(
                             if let Some(&sender) = room.senders.get(&t.participant_id) {
                                 let video = t.kind == WireKind::Video;
                                 room.tracks.insert(t.track_id.clone(), TrackKey { sender, video });
+                                room.changed = true;
                             }
                         }
                         let answer = peer.accept_offer(sdp, keys).await.map_err(|e| anyhow!(e))?;
@@ -236,6 +243,7 @@ async fn session(
             _ = tokio::time::sleep_until(shift_at), if current.is_some() => {
                 shifts += 1;
                 current = page(shifts);
+                room.changed = true;
                 if watch_all {
                     peer.watch(current.clone()).await;
                 }

@@ -32,7 +32,7 @@ pub struct Delta {
 }
 
 impl Delta {
-    fn add(&mut self, d: Delta) {
+    pub fn add(&mut self, d: Delta) {
         self.latency_us.extend(d.latency_us);
         self.jitter_us.extend(d.jitter_us);
         self.packets += d.packets;
