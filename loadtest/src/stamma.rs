@@ -163,6 +163,8 @@ async fn session(
                     mid: mid.to_string(),
                     kind,
                     source: TrackSource::default_for(kind),
+                    width: None,
+                    height: None,
                 }
             })
             .collect();
@@ -192,7 +194,11 @@ async fn session(
                 client
                     .send(&ClientSignal::Subscription {
                         track_ids: chunk.to_vec(),
-                        enabled,
+                        enabled: Some(enabled),
+                        quality: None,
+                        width: None,
+                        height: None,
+                        pinned: None,
                     })
                     .await?;
             }

@@ -39,6 +39,12 @@ pub struct PublishedTrack {
     pub kind: MediaKind,
     #[serde(default = "unknown_source")]
     pub source: TrackSource,
+    /// Full resolution of a camera or screen track (its top simulcast layer),
+    /// so the server can match subscribers' tile sizes to layers. Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
 }
 
 fn unknown_source() -> TrackSource {
@@ -67,6 +73,44 @@ pub struct ParticipantInfo {
     pub name: Option<String>,
     pub role: Role,
     pub tracks: Vec<TrackInfo>,
+}
+
+/// The most a subscriber wants of a video track; the server picks the layer
+/// that fits the subscriber's bandwidth, never above this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoQuality {
+    Low,
+    Medium,
+    High,
+}
+
+/// One entry of `speakers_changed`: someone speaking now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Speaker {
+    pub participant_id: String,
+    pub track_id: String,
+    /// Smoothed loudness, 0.0 (silence) to 1.0 (full scale).
+    pub level: f32,
+}
+
+/// Whether the publisher should send one simulcast layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerState {
+    /// The layer's rid; absent for a track sent without simulcast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    pub active: bool,
+}
+
+/// Why a subscribed track is not being delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// The subscriber's estimated downlink cannot carry it.
+    Bandwidth,
+    /// The publisher sends none of its layers.
+    Publisher,
 }
 
 /// Maps an m-line of a server offer to the track it carries.
@@ -104,12 +148,23 @@ pub enum ClientSignal {
     Unpublish {
         track_id: String,
     },
-    /// Pause (`enabled: false`) or resume delivery of tracks this participant
-    /// is subscribed to, without renegotiating: what a client's grid does
-    /// with tiles that scroll out of view.
+    /// Settings of tracks this participant is subscribed to, without
+    /// renegotiating. `enabled: false` pauses delivery (a grid tile scrolled
+    /// out of view); `quality` or `width`/`height` (the tile's size in device
+    /// pixels) cap the video layer; `pinned` puts the track first when
+    /// bandwidth is short. Absent fields keep their current value.
     Subscription {
         track_ids: Vec<String>,
-        enabled: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        enabled: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quality: Option<VideoQuality>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pinned: Option<bool>,
     },
     Leave,
     Ping {
@@ -152,6 +207,27 @@ pub enum ServerSignal {
         id: u64,
         sdp: String,
         tracks: Vec<SubscribedTrack>,
+    },
+    /// The server stopped delivering a subscribed track (show an avatar, not
+    /// a frozen frame) until `track_resumed`.
+    TrackPaused {
+        track_id: String,
+        participant_id: String,
+        reason: PauseReason,
+    },
+    TrackResumed {
+        track_id: String,
+        participant_id: String,
+    },
+    /// Who is speaking, the dominant speaker first. Empty when nobody is.
+    SpeakersChanged {
+        speakers: Vec<Speaker>,
+    },
+    /// To a publisher: send only the active layers of this track (nobody
+    /// receives the others). Inactive layers may be resumed at any time.
+    PublishLayers {
+        track_id: String,
+        layers: Vec<LayerState>,
     },
     /// Answer to the client's offer; `tracks` gives the id assigned to each published m-line.
     Answer {

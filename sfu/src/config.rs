@@ -19,6 +19,13 @@ pub struct SfuConfig {
     /// A participant whose media connection has not come up (or has been lost)
     /// for this long is removed.
     pub media_timeout: Duration,
+    /// Choose each subscriber's simulcast layers from its estimated downlink
+    /// (and pause what does not fit). `false` forwards every track's top
+    /// layer to everyone: the behaviour of an SFU without an allocator, kept
+    /// for comparison runs.
+    pub allocator: bool,
+    /// Downlink estimate a new subscriber starts from, before feedback.
+    pub bwe_initial_kbps: u32,
 }
 
 impl Default for SfuConfig {
@@ -32,6 +39,8 @@ impl Default for SfuConfig {
                 .unwrap_or(1),
             max_participants_per_room: 250,
             media_timeout: Duration::from_secs(30),
+            allocator: true,
+            bwe_initial_kbps: 1_000,
         }
     }
 }

@@ -443,8 +443,12 @@ impl Worker {
             ClientSignal::Offer { sdp, tracks } => self.client_offer(now, key, &sdp, tracks),
             ClientSignal::Answer { id, sdp } => self.client_answer(now, key, id, &sdp),
             ClientSignal::Mute { track_id, muted } => self.mute(key, &track_id, muted),
-            ClientSignal::Subscription { track_ids, enabled } => {
-                self.set_subscription(now, key, &track_ids, enabled)
+            ClientSignal::Subscription {
+                track_ids, enabled, ..
+            } => {
+                if let Some(enabled) = enabled {
+                    self.set_subscription(now, key, &track_ids, enabled)
+                }
             }
             ClientSignal::Unpublish { track_id } => {
                 let Some(p) = self.get(key) else { return };

@@ -44,6 +44,8 @@ struct MediaSection {
     port: Option<u16>,
     workers: Option<usize>,
     max_participants_per_room: Option<usize>,
+    allocator: Option<bool>,
+    bwe_initial_kbps: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +101,12 @@ impl ServerConfig {
         if let Some(m) = file.media.max_participants_per_room {
             c.media.max_participants_per_room = m;
         }
+        if let Some(a) = file.media.allocator {
+            c.media.allocator = a;
+        }
+        if let Some(k) = file.media.bwe_initial_kbps {
+            c.media.bwe_initial_kbps = k;
+        }
         for k in &file.keys {
             c.keys.insert(&k.id, &k.secret)?;
         }
@@ -123,6 +131,12 @@ impl ServerConfig {
         if let Some(v) = env("STAMMA_MEDIA_WORKERS")? {
             self.media.workers = v;
         }
+        if let Some(v) = env("STAMMA_MEDIA_ALLOCATOR")? {
+            self.media.allocator = v;
+        }
+        if let Some(v) = env("STAMMA_MEDIA_BWE_INITIAL_KBPS")? {
+            self.media.bwe_initial_kbps = v;
+        }
         if let (Ok(id), Ok(secret)) = (
             std::env::var("STAMMA_API_KEY"),
             std::env::var("STAMMA_API_SECRET"),
@@ -137,6 +151,9 @@ impl ServerConfig {
             bail!(
                 "no API keys configured: add a [[keys]] entry or set STAMMA_API_KEY and STAMMA_API_SECRET"
             );
+        }
+        if !(50..=100_000).contains(&self.media.bwe_initial_kbps) {
+            bail!("media.bwe_initial_kbps must be between 50 and 100000");
         }
         if self.media.workers == 0 {
             bail!("media.workers must be at least 1");

@@ -272,6 +272,8 @@ impl TestParticipant {
                     mid,
                     kind,
                     source: TrackSource::default_for(kind),
+                    width: None,
+                    height: None,
                 });
             }
             offer = Some(ClientSignal::Offer {

@@ -132,6 +132,8 @@ impl SimRoom {
                             mid: mid.to_string(),
                             kind: WireKind::Video,
                             source: TrackSource::Camera,
+                            width: None,
+                            height: None,
                         }],
                     },
                 },

@@ -108,6 +108,8 @@ async fn attendee_cannot_publish() -> anyhow::Result<()> {
             mid,
             kind: MediaKind::Audio,
             source: TrackSource::Microphone,
+            width: None,
+            height: None,
         }],
     })
     .await?;

@@ -87,7 +87,11 @@ fn paused_subscription_gets_nothing_and_resumes_on_a_keyframe() -> anyhow::Resul
         1,
         ClientSignal::Subscription {
             track_ids: vec![track.clone()],
-            enabled: false,
+            enabled: Some(false),
+            quality: None,
+            width: None,
+            height: None,
+            pinned: None,
         },
     );
     let before = (room.received(1), room.received(2));
@@ -111,7 +115,11 @@ fn paused_subscription_gets_nothing_and_resumes_on_a_keyframe() -> anyhow::Resul
         1,
         ClientSignal::Subscription {
             track_ids: vec![track],
-            enabled: true,
+            enabled: Some(true),
+            quality: None,
+            width: None,
+            height: None,
+            pinned: None,
         },
     );
     // Deltas after the resume are held back until the publisher's keyframe.
