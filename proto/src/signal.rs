@@ -109,8 +109,6 @@ pub struct LayerState {
 pub enum PauseReason {
     /// The subscriber's estimated downlink cannot carry it.
     Bandwidth,
-    /// The publisher sends none of its layers.
-    Publisher,
 }
 
 /// Maps an m-line of a server offer to the track it carries.

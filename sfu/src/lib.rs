@@ -5,14 +5,15 @@
 //! and returns datagrams to send and signals for participants. The UDP socket,
 //! the thread and the clock live in [`driver`].
 
+pub mod allocator;
 pub mod command;
 pub mod config;
 pub mod demux;
 pub mod driver;
 pub mod forwarder;
-pub mod keyframe;
 pub mod participant;
 pub mod room;
+pub mod speaker;
 pub mod subscription;
 pub mod track;
 pub mod worker;

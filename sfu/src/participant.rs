@@ -7,6 +7,7 @@ use std::time::Instant;
 use stamma_proto::{
     ParticipantInfo, PublishedTrack, Role, ServerSignal, SubscribedTrack, random_token,
 };
+use str0m::bwe::Bitrate;
 use str0m::change::SdpPendingOffer;
 use str0m::config::DtlsCert;
 use str0m::media::Mid;
@@ -51,6 +52,14 @@ pub struct Participant {
     signals: mpsc::Sender<ToParticipant>,
     /// Set when the signal queue overflowed or the session went away.
     pub signal_failed: bool,
+    /// str0m's latest estimate of this participant's downlink (TWCC), bit/s.
+    pub bwe_bps: Option<u64>,
+    /// The estimate the last allocation used.
+    pub allocated_for_bps: u64,
+    /// Subscriptions, settings or the estimate changed: allocate again.
+    pub allocation_due: bool,
+    /// The (minimum, desired) rates last given to str0m's estimator.
+    pub bwe_targets: (u64, u64),
 }
 
 impl Participant {
@@ -58,6 +67,7 @@ impl Participant {
         req: JoinRequest,
         cert: &DtlsCert,
         candidate: SocketAddr,
+        bwe_initial_kbps: Option<u32>,
         now: Instant,
     ) -> Result<Participant, String> {
         let ufrag = random_token(16);
@@ -65,7 +75,11 @@ impl Participant {
             ufrag: ufrag.clone(),
             pass: random_token(32),
         };
+        // The estimator (TWCC) drives the Allocator; without the Allocator
+        // nothing reads it, so it is left off (as is its pacer).
+        let bwe = bwe_initial_kbps.map(|k| Bitrate::kbps(u64::from(k)));
         let mut rtc = Rtc::builder()
+            .enable_bwe(bwe)
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_dtls_cert(cert.clone())
@@ -100,6 +114,10 @@ impl Participant {
             clock: now,
             signals: req.signals,
             signal_failed: false,
+            bwe_bps: None,
+            allocated_for_bps: 0,
+            allocation_due: true,
+            bwe_targets: (0, 0),
         })
     }
 

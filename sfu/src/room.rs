@@ -1,11 +1,21 @@
-//! A meeting: who is in it. Tracks live with their publishing participant.
+//! A meeting: who is in it and who is speaking. Tracks live with their
+//! publishing participant.
+
+use str0m::media::Mid;
 
 use crate::demux::ParticipantKey;
+use crate::speaker::SpeakerDetector;
 
-#[derive(Debug)]
+/// An audio track in the SpeakerDetector: its publisher and m-line.
+pub type SpeakerKey = (ParticipantKey, Mid);
+
 pub struct Room {
     pub name: String,
     pub participants: Vec<ParticipantKey>,
+    pub speakers: SpeakerDetector<SpeakerKey>,
+    /// The publisher of the dominant speaker's audio; their camera is served
+    /// first by every subscriber's Allocator.
+    pub dominant: Option<ParticipantKey>,
 }
 
 impl Room {
@@ -13,10 +23,15 @@ impl Room {
         Room {
             name,
             participants: Vec::new(),
+            speakers: SpeakerDetector::new(),
+            dominant: None,
         }
     }
 
     pub fn remove(&mut self, key: ParticipantKey) {
         self.participants.retain(|k| *k != key);
+        if self.dominant == Some(key) {
+            self.dominant = None;
+        }
     }
 }

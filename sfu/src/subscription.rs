@@ -1,6 +1,6 @@
 //! One participant receiving one track.
 
-use stamma_proto::MediaKind;
+use stamma_proto::{MediaKind, VideoQuality};
 use str0m::media::{Mid, Pt};
 
 use crate::demux::ParticipantKey;
@@ -30,10 +30,26 @@ pub struct Subscription {
     /// The m-line on the subscriber's connection, once offered.
     pub mid: Option<Mid>,
     pub state: SubscriptionState,
-    /// Which simulcast layer is forwarded (index into the track's layers).
-    pub layer: usize,
     /// Whether the subscriber wants packets now (a paused grid tile does not).
     pub enabled: bool,
+    /// The subscriber's cap on quality, and the size of its tile.
+    pub quality: Option<VideoQuality>,
+    pub tile: Option<(u32, u32)>,
+    /// Served before the grid when bandwidth is short.
+    pub pinned: bool,
+    /// The Allocator's choice (index into the track's layers, lowest first);
+    /// None: paused because the downlink cannot carry it.
+    pub chosen: Option<usize>,
+    /// The layer to forward: the chosen one, or the best live layer below it
+    /// while the publisher does not send it.
+    pub target: Option<usize>,
+    /// The layer forwarded now. It changes to `target` on a keyframe of
+    /// `target`, so the decoder never sees a switch mid-frame.
+    pub current: Option<usize>,
+    /// Whether the subscriber was told the track is paused.
+    pub paused_sent: bool,
+    /// Whether the outgoing str0m stream got its retransmission settings.
+    pub stream_configured: bool,
     pub forwarder: Forwarder,
     /// Payload type mapping publisher → subscriber, learned on the first packet.
     pub pt_map: Option<(Pt, Pt)>,
@@ -55,9 +71,23 @@ impl Subscription {
             kind,
             mid: None,
             state: SubscriptionState::Wanted,
-            layer: 0,
             enabled: true,
-            forwarder: Forwarder::new(kind == MediaKind::Video),
+            quality: None,
+            tile: None,
+            pinned: false,
+            chosen: Some(0),
+            target: Some(0),
+            current: if kind == MediaKind::Audio {
+                Some(0)
+            } else {
+                None
+            },
+            paused_sent: false,
+            stream_configured: false,
+            forwarder: match kind {
+                MediaKind::Video => Forwarder::new(true, 90_000),
+                MediaKind::Audio => Forwarder::new(false, 48_000),
+            },
             pt_map: None,
         }
     }

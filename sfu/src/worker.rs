@@ -7,25 +7,28 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use stamma_proto::{
-    ClientSignal, ErrorCode, MediaKind, PROTOCOL_VERSION, PublishedTrack, ServerSignal, TrackSource,
+    ClientSignal, ErrorCode, MediaKind, PROTOCOL_VERSION, PauseReason, PublishedTrack,
+    ServerSignal, Speaker, TrackSource, VideoQuality,
 };
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::config::DtlsCert;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind as RtcKind, Mid};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind as RtcKind, Mid, Rid};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output};
 use tracing::{debug, info, warn};
 
+use crate::allocator::{Allocation, Demand, Priority, allocate, max_layer};
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
 use crate::demux::{Demux, ParticipantKey};
 use crate::forwarder::Forward;
-use crate::keyframe::vp8_starts_keyframe;
 use crate::participant::{Participant, PendingOffer};
 use crate::room::Room;
 use crate::subscription::{Subscription, SubscriptionState};
-use crate::track::Track;
+use crate::track::{MAX_LAYERS, PACKET_OVERHEAD_BYTES, Track};
 
 /// How often the worker wakes up with nothing else to do, to check timeouts.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
@@ -41,6 +44,24 @@ pub const MAX_PUBLISHED_TRACKS: usize = 8;
 const MAX_OFFER_M_LINES: usize = 32;
 /// Bounds one `subscription` message (a grid page is far smaller).
 const MAX_SUBSCRIPTION_TRACKS: usize = 256;
+/// Period of the worker's tick: speaker detection, allocation of
+/// subscribers whose inputs changed, dynacast, owed keyframe requests.
+const TICK: Duration = Duration::from_millis(100);
+/// Every subscriber is allocated again at least this often, because layer
+/// rates drift even when nothing else changes.
+const PERIODIC_ALLOCATION: Duration = Duration::from_millis(500);
+/// A layer nobody receives is turned off at the publisher after this long,
+/// so a subscriber switching between layers does not make it flap.
+pub const DYNACAST_GRACE: Duration = Duration::from_secs(2);
+/// The estimator is always asked to find at least this much, so a
+/// subscriber with nothing to receive yet still learns its link.
+const MIN_DESIRED_BPS: u64 = 300_000;
+/// Packets and age of the per-subscription retransmission cache (str0m's defaults).
+const RTX_CACHE_PACKETS: usize = 1024;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// The budget of a subscriber without an estimate (no transport-wide
+/// feedback): everything at the layer it asked for.
+const UNLIMITED_BPS: u64 = 100_000_000_000;
 
 /// Counters a driver can export.
 #[derive(Debug, Default, Clone, Copy)]
@@ -51,6 +72,8 @@ pub struct WorkerStats {
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
     pub participants_panicked: u64,
+    /// Keyframe requests sent to publishers (after coalescing).
+    pub keyframe_requests: u64,
 }
 
 pub struct Worker {
@@ -74,6 +97,15 @@ pub struct Worker {
     earliest: Option<Instant>,
     doomed: Vec<(ParticipantKey, ErrorCode, String)>,
     stats: WorkerStats,
+    next_tick: Instant,
+    next_periodic_allocation: Instant,
+    // Scratch space of the tick, reused so it allocates nothing steady-state.
+    demands: Vec<Demand>,
+    demand_slots: Vec<(usize, [bool; MAX_LAYERS], usize)>,
+    alloc_order: Vec<usize>,
+    alloc_out: Vec<Option<usize>>,
+    wanted_layers: Vec<[bool; MAX_LAYERS]>,
+    keyframes_owed: Vec<(ParticipantKey, Mid, usize)>,
 }
 
 impl Worker {
@@ -99,6 +131,14 @@ impl Worker {
             earliest: None,
             doomed: Vec::new(),
             stats: WorkerStats::default(),
+            next_tick: Instant::now(),
+            next_periodic_allocation: Instant::now(),
+            demands: Vec::new(),
+            demand_slots: Vec::new(),
+            alloc_order: Vec::new(),
+            alloc_out: Vec::new(),
+            wanted_layers: Vec::new(),
+            keyframes_owed: Vec::new(),
         }
     }
 
@@ -122,10 +162,13 @@ impl Worker {
     /// When the worker next needs [`Worker::handle_timeout`]. May be early
     /// (a participant's timeout moved later), never late.
     pub fn next_timeout(&self, now: Instant) -> Instant {
-        let housekeeping = now + HOUSEKEEPING;
+        let mut at = now + HOUSEKEEPING;
+        if !self.participants.is_empty() && self.participants.iter().any(|p| p.is_some()) {
+            at = at.min(self.next_tick.max(now));
+        }
         match self.earliest {
-            Some(t) if t < housekeeping => t,
-            _ => housekeeping,
+            Some(t) if t < at => t,
+            _ => at,
         }
     }
 
@@ -236,6 +279,9 @@ impl Worker {
                 }
             }
         }
+        if now >= self.next_tick {
+            self.tick(now);
+        }
         self.settle(now);
         self.reap_signal_failures();
         self.earliest = self
@@ -311,7 +357,11 @@ impl Worker {
             self.remove(old, "replaced by a newer connection");
         }
         let signals = req.signals.clone();
-        let mut p = match Participant::new(req, &self.cert, self.candidate_addr, now) {
+        let bwe = self
+            .config
+            .allocator
+            .then_some(self.config.bwe_initial_kbps);
+        let mut p = match Participant::new(req, &self.cert, self.candidate_addr, bwe, now) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "could not create participant");
@@ -444,11 +494,20 @@ impl Worker {
             ClientSignal::Answer { id, sdp } => self.client_answer(now, key, id, &sdp),
             ClientSignal::Mute { track_id, muted } => self.mute(key, &track_id, muted),
             ClientSignal::Subscription {
-                track_ids, enabled, ..
+                track_ids,
+                enabled,
+                quality,
+                width,
+                height,
+                pinned,
             } => {
-                if let Some(enabled) = enabled {
-                    self.set_subscription(now, key, &track_ids, enabled)
-                }
+                let settings = SubscriptionSettings {
+                    enabled,
+                    quality,
+                    tile: width.zip(height),
+                    pinned,
+                };
+                self.set_subscription(now, key, &track_ids, settings)
             }
             ClientSignal::Unpublish { track_id } => {
                 let Some(p) = self.get(key) else { return };
@@ -469,14 +528,15 @@ impl Worker {
         }
     }
 
-    /// Pause or resume delivery. Resumed video waits for a keyframe, which
-    /// is requested from its publisher, so the tile starts clean.
+    /// Pause or resume delivery, or change what the Allocator may choose.
+    /// Resumed video waits for a keyframe, which is requested from its
+    /// publisher, so the tile starts clean.
     fn set_subscription(
         &mut self,
         now: Instant,
         key: ParticipantKey,
         track_ids: &[String],
-        enabled: bool,
+        settings: SubscriptionSettings,
     ) {
         let Some(p) = self.get(key) else { return };
         if track_ids.len() > MAX_SUBSCRIPTION_TRACKS {
@@ -493,15 +553,33 @@ impl Worker {
                 unknown.push(id.as_str());
                 continue;
             };
+            if let Some(q) = settings.quality {
+                s.quality = Some(q);
+                s.tile = None;
+            }
+            if let Some(tile) = settings.tile {
+                s.tile = Some(tile);
+                s.quality = None;
+            }
+            if let Some(pinned) = settings.pinned {
+                s.pinned = pinned;
+            }
+            let Some(enabled) = settings.enabled else {
+                continue;
+            };
             if s.enabled == enabled {
                 continue;
             }
             s.enabled = enabled;
-            if enabled && s.kind == MediaKind::Video {
+            if s.kind == MediaKind::Video {
+                s.current = None;
                 s.forwarder.restart();
-                keyframes.push((s.publisher, s.source_mid));
+                if enabled && let Some(layer) = s.target {
+                    keyframes.push((s.publisher, s.source_mid, layer));
+                }
             }
         }
+        p.allocation_due = true;
         if !unknown.is_empty() {
             let shown: Vec<&str> = unknown.iter().take(5).copied().collect();
             p.send(ServerSignal::error(
@@ -509,8 +587,8 @@ impl Worker {
                 format!("not subscribed to {shown:?}"),
             ));
         }
-        for (publisher, mid) in keyframes {
-            self.request_keyframe(now, publisher, mid);
+        for (publisher, mid, layer) in keyframes {
+            self.request_keyframe(now, publisher, mid, layer);
         }
     }
 
@@ -640,8 +718,10 @@ impl Worker {
                 for s in &mut p.subscriptions {
                     if s.state == SubscriptionState::Offered {
                         s.state = SubscriptionState::Active;
-                        if s.kind == MediaKind::Video {
-                            newly_active.push((s.publisher, s.source_mid));
+                        if s.kind == MediaKind::Video
+                            && let Some(layer) = s.target
+                        {
+                            newly_active.push((s.publisher, s.source_mid, layer));
                         }
                     }
                 }
@@ -665,8 +745,11 @@ impl Worker {
         }
         self.drain(key);
         // A new video subscriber can only start on a keyframe.
-        for (publisher, mid) in newly_active {
-            self.request_keyframe(now, publisher, mid);
+        if let Some(p) = self.get(key) {
+            p.allocation_due = true;
+        }
+        for (publisher, mid, layer) in newly_active {
+            self.request_keyframe(now, publisher, mid, layer);
         }
         self.maybe_offer(key);
     }
@@ -728,9 +811,10 @@ impl Worker {
         track_id: &str,
         mid: Mid,
     ) {
-        let Some(r) = self.rooms.get(room) else {
+        let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
+        r.speakers.remove((publisher, mid));
         let members = r.participants.clone();
         for k in members {
             if k == publisher {
@@ -791,6 +875,286 @@ impl Worker {
                 }
             }
             self.maybe_offer(k);
+        }
+    }
+
+    // ---- the tick: speakers, allocation, dynacast, owed keyframes -----
+
+    /// Periodic work that is not driven by one packet. Runs every [`TICK`].
+    fn tick(&mut self, now: Instant) {
+        self.next_tick = now + TICK;
+        let periodic = now >= self.next_periodic_allocation;
+        if periodic {
+            self.next_periodic_allocation = now + PERIODIC_ALLOCATION;
+        }
+        self.update_speakers(now);
+        for key in 0..self.participants.len() {
+            let due = self.participants[key]
+                .as_ref()
+                .is_some_and(|p| p.allocation_due || (periodic && p.can_subscribe));
+            if due {
+                self.allocate(now, key);
+            }
+        }
+        self.dynacast(now);
+        // Keyframe requests the throttle held back.
+        let mut owed = std::mem::take(&mut self.keyframes_owed);
+        owed.clear();
+        for (key, p) in self.participants.iter().enumerate() {
+            let Some(p) = p else { continue };
+            for t in &p.published {
+                for (i, l) in t.layers.iter().enumerate() {
+                    if l.keyframe_pending {
+                        owed.push((key, t.mid, i));
+                    }
+                }
+            }
+        }
+        for &(key, mid, layer) in &owed {
+            self.request_keyframe(now, key, mid, layer);
+        }
+        self.keyframes_owed = owed;
+    }
+
+    fn update_speakers(&mut self, now: Instant) {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            let Some(room) = self.rooms.get_mut(&name) else {
+                continue;
+            };
+            let Some(speakers) = room.speakers.tick(now) else {
+                continue;
+            };
+            let dominant = room.speakers.dominant().map(|(k, _)| k);
+            let dominant_changed = dominant != room.dominant;
+            room.dominant = dominant;
+            let members = room.participants.clone();
+            let list: Vec<Speaker> = speakers
+                .iter()
+                .filter_map(|&((k, mid), level)| {
+                    let p = self.participants.get(k)?.as_ref()?;
+                    let t = p.published.iter().find(|t| t.mid == mid)?;
+                    Some(Speaker {
+                        participant_id: p.id.clone(),
+                        track_id: t.id.clone(),
+                        level,
+                    })
+                })
+                .collect();
+            for k in members {
+                if let Some(p) = self.participants[k].as_mut() {
+                    p.send(ServerSignal::SpeakersChanged {
+                        speakers: list.clone(),
+                    });
+                    if dominant_changed {
+                        p.allocation_due = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run the Allocator for one subscriber and apply its choices.
+    fn allocate(&mut self, now: Instant, key: ParticipantKey) {
+        let Some(p) = self.participants.get(key).and_then(|p| p.as_ref()) else {
+            return;
+        };
+        let dominant = self.rooms.get(&p.room).and_then(|r| r.dominant);
+        let mut demands = std::mem::take(&mut self.demands);
+        demands.clear();
+        // Per demand: (subscription index, live layers, top layer).
+        let mut slots = std::mem::take(&mut self.demand_slots);
+        slots.clear();
+        let mut audio_bps = 0u64;
+        for (si, s) in p.subscriptions.iter().enumerate() {
+            if !s.enabled || s.state == SubscriptionState::Removing {
+                continue;
+            }
+            let Some(t) = self
+                .participants
+                .get(s.publisher)
+                .and_then(|o| o.as_ref())
+                .and_then(|o| o.published.iter().find(|t| t.mid == s.source_mid))
+            else {
+                continue;
+            };
+            if s.kind == MediaKind::Audio {
+                audio_bps += t.layers[0].rate.bps().unwrap_or(0);
+                continue;
+            }
+            let mut costs = [0; MAX_LAYERS];
+            let mut live = [false; MAX_LAYERS];
+            for (i, l) in t.layers.iter().enumerate().take(MAX_LAYERS) {
+                costs[i] = l.cost_bps();
+                live[i] = l.is_live(now);
+            }
+            let priority = if s.pinned {
+                Priority::Pinned
+            } else if dominant == Some(s.publisher) && t.source == TrackSource::Camera {
+                Priority::Speaker
+            } else if t.source == TrackSource::ScreenShare {
+                Priority::Screen
+            } else {
+                Priority::Grid
+            };
+            let layers = t.layers.len().min(MAX_LAYERS);
+            demands.push(Demand {
+                priority,
+                costs,
+                layers,
+                max_layer: max_layer(layers, s.quality, s.tile, t.size),
+                previous: s.chosen,
+            });
+            slots.push((si, live, layers - 1));
+        }
+        let estimate = p.bwe_bps.unwrap_or(UNLIMITED_BPS);
+        let budget = estimate.saturating_sub(audio_bps);
+        let mut out = std::mem::take(&mut self.alloc_out);
+        let allocation = if self.config.allocator {
+            allocate(budget, &demands, &mut self.alloc_order, &mut out)
+        } else {
+            // Baseline for comparison: every track's top layer, never paused.
+            out.clear();
+            out.extend(slots.iter().map(|&(_, _, top)| Some(top)));
+            Allocation::default()
+        };
+        let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        p.allocation_due = false;
+        p.allocated_for_bps = estimate;
+        let mut keyframes = Vec::new();
+        for (&(si, live, _), &chosen) in slots.iter().zip(out.iter()) {
+            let s = &mut p.subscriptions[si];
+            s.chosen = chosen;
+            // While the publisher does not send the chosen layer (dynacast is
+            // turning it on, or its own uplink dropped it), take the best
+            // live one below; if none, keep waiting for the chosen one.
+            let target = chosen.map(|c| (0..=c).rev().find(|&i| live[i]).unwrap_or(c));
+            if target != s.target {
+                s.target = target;
+                if target.is_none() {
+                    // Paused: stop at once, and start on a keyframe when resumed.
+                    s.current = None;
+                    s.forwarder.restart();
+                } else if let Some(t) = target
+                    && s.current != target
+                    && s.state == SubscriptionState::Active
+                {
+                    keyframes.push((s.publisher, s.source_mid, t));
+                }
+            }
+            let paused = chosen.is_none();
+            if paused != s.paused_sent && s.state != SubscriptionState::Wanted {
+                s.paused_sent = paused;
+                let signal = if paused {
+                    ServerSignal::TrackPaused {
+                        track_id: s.track_id.clone(),
+                        participant_id: s.publisher_id.clone(),
+                        reason: PauseReason::Bandwidth,
+                    }
+                } else {
+                    ServerSignal::TrackResumed {
+                        track_id: s.track_id.clone(),
+                        participant_id: s.publisher_id.clone(),
+                    }
+                };
+                p.send(signal);
+            }
+        }
+        if self.config.allocator {
+            // Ask the estimator to probe towards what the subscriber would
+            // like, so layers can go up when the link allows.
+            let desired = (allocation.wanted + audio_bps).max(MIN_DESIRED_BPS);
+            let (_, old) = p.bwe_targets;
+            if desired.abs_diff(old) * 10 > old {
+                p.bwe_targets = (0, desired);
+                p.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::bps(0), Bitrate::bps(desired));
+                self.drain(key);
+            }
+        }
+        self.demands = demands;
+        self.demand_slots = slots;
+        self.alloc_out = out;
+        for (publisher, mid, layer) in keyframes {
+            self.request_keyframe(now, publisher, mid, layer);
+        }
+    }
+
+    /// Tell publishers which layers anybody receives; turn unwanted ones off
+    /// after [`DYNACAST_GRACE`], wanted ones back on at once.
+    fn dynacast(&mut self, now: Instant) {
+        if !self.config.allocator {
+            return;
+        }
+        for key in 0..self.participants.len() {
+            let Some(p) = self.participants[key].as_ref() else {
+                continue;
+            };
+            if p.published.iter().all(|t| t.kind == MediaKind::Audio) {
+                continue;
+            }
+            let Some(room) = self.rooms.get(&p.room) else {
+                continue;
+            };
+            let mut wanted = std::mem::take(&mut self.wanted_layers);
+            wanted.clear();
+            wanted.resize(p.published.len(), [false; MAX_LAYERS]);
+            for &k in &room.participants {
+                let Some(q) = self.participants[k].as_ref() else {
+                    continue;
+                };
+                for s in &q.subscriptions {
+                    if s.publisher != key || !s.enabled || s.state == SubscriptionState::Removing {
+                        continue;
+                    }
+                    let Some(ti) = p.published.iter().position(|t| t.mid == s.source_mid) else {
+                        continue;
+                    };
+                    for l in [s.chosen, s.current].into_iter().flatten() {
+                        if l < MAX_LAYERS {
+                            wanted[ti][l] = true;
+                        }
+                    }
+                }
+            }
+            let Some(p) = self.participants[key].as_mut() else {
+                continue;
+            };
+            let mut changes = Vec::new();
+            for (ti, t) in p.published.iter_mut().enumerate() {
+                if t.kind != MediaKind::Video {
+                    continue;
+                }
+                let mut changed = false;
+                for (li, l) in t.layers.iter_mut().enumerate() {
+                    if wanted[ti].get(li).copied().unwrap_or(false) {
+                        l.unwanted_since = None;
+                        if !l.publishing {
+                            l.publishing = true;
+                            changed = true;
+                        }
+                    } else {
+                        let since = *l.unwanted_since.get_or_insert(now);
+                        if l.publishing && now.saturating_duration_since(since) >= DYNACAST_GRACE {
+                            l.publishing = false;
+                            changed = true;
+                        }
+                    }
+                }
+                if changed {
+                    changes.push(ServerSignal::PublishLayers {
+                        track_id: t.id.clone(),
+                        layers: t.layer_states(),
+                    });
+                }
+            }
+            for c in changes {
+                p.send(c);
+            }
+            self.wanted_layers = wanted;
         }
     }
 
@@ -880,13 +1244,32 @@ impl Worker {
     fn participant_event(&mut self, now: Instant, key: ParticipantKey, event: Event) {
         match event {
             Event::RtpPacket(pkt) => self.forward_rtp(now, key, pkt),
+            // Only a subscriber that sends transport-wide feedback has an
+            // estimate; one that does not is never limited by a guess.
+            Event::EgressBitrateEstimate(BweKind::Twcc {
+                estimate,
+                can_probe: true,
+            }) => {
+                let Some(p) = self.get(key) else { return };
+                let bps = estimate.as_u64();
+                p.bwe_bps = Some(bps);
+                // Allocate again at once when the estimate fell below what the
+                // last allocation assumed (congestion), or grew by a tenth.
+                let old = p.allocated_for_bps;
+                if bps < old || bps > old + old / 10 {
+                    p.allocation_due = true;
+                }
+            }
             Event::KeyframeRequest(req) => {
                 let Some(p) = self.get(key) else { return };
                 let Some(s) = p.subscription_by_mid(req.mid) else {
                     return;
                 };
+                let Some(layer) = s.current.or(s.target) else {
+                    return;
+                };
                 let (publisher, mid) = (s.publisher, s.source_mid);
-                self.request_keyframe(now, publisher, mid);
+                self.request_keyframe(now, publisher, mid, layer);
             }
             Event::Connected => {
                 let Some(p) = self.get(key) else { return };
@@ -894,14 +1277,15 @@ impl Worker {
                 p.down_since = None;
                 info!(participant = %p.id, after_ms = now.saturating_duration_since(p.joined_at).as_millis() as u64, "media connected");
                 // Video negotiated before the connection came up starts now, on a keyframe.
-                let wanted: Vec<(ParticipantKey, Mid)> = p
+                let wanted: Vec<(ParticipantKey, Mid, usize)> = p
                     .subscriptions
                     .iter()
                     .filter(|s| s.state == SubscriptionState::Active && s.kind == MediaKind::Video)
-                    .map(|s| (s.publisher, s.source_mid))
+                    .filter_map(|s| Some((s.publisher, s.source_mid, s.target?)))
                     .collect();
-                for (publisher, mid) in wanted {
-                    self.request_keyframe(now, publisher, mid);
+                p.allocation_due = true;
+                for (publisher, mid, layer) in wanted {
+                    self.request_keyframe(now, publisher, mid, layer);
                 }
             }
             Event::IceConnectionStateChange(state) => {
@@ -940,15 +1324,27 @@ impl Worker {
                     RtcKind::Video => MediaKind::Video,
                 };
                 let mid_s = m.mid.to_string();
-                let source = p
+                let announced = p
                     .announced
                     .iter()
-                    .find(|a| a.mid == mid_s && a.kind == kind)
+                    .find(|a| a.mid == mid_s && a.kind == kind);
+                let source = announced
                     .map(|a| a.source)
                     .unwrap_or(TrackSource::default_for(kind));
+                let size = announced.and_then(|a| a.width.zip(a.height));
+                // The rids the client sends (str0m names them from its side or ours
+                // depending on direction: take whichever list it filled).
+                let rids: Vec<Rid> = m
+                    .simulcast
+                    .map(|s| if s.recv.is_empty() { s.send } else { s.recv })
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|l| l.rid)
+                    .collect();
                 let id = format!("TR_{}", stamma_proto::random_token(12));
-                p.published
-                    .push(Track::new(id.clone(), m.mid, kind, source));
+                let mut track = Track::new(id.clone(), m.mid, kind, source, &rids, now);
+                track.size = size;
+                p.published.push(track);
                 self.publish_to_room(key, &[id]);
             }
             Event::MediaChanged(m) => {
@@ -969,13 +1365,33 @@ impl Worker {
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant, publisher: ParticipantKey, mid: Mid) {
-        let Some(p) = self.get(publisher) else { return };
+    /// Ask the publisher of `mid` for a keyframe on one layer, at most once
+    /// per [`crate::track::KEYFRAME_REQUEST_INTERVAL`] per layer; a refused request is
+    /// remembered and sent by the tick when the interval is over.
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantKey,
+        mid: Mid,
+        layer: usize,
+    ) {
+        let Some(p) = self
+            .participants
+            .get_mut(publisher)
+            .and_then(|p| p.as_mut())
+        else {
+            return;
+        };
         let Some(t) = p.track_by_mid(mid) else { return };
-        if !t.allow_keyframe_request(now) {
+        let Some(l) = t.layers.get_mut(layer) else {
+            return;
+        };
+        if !l.allow_keyframe_request(now) {
             return;
         }
-        if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
+        let rid = l.rid;
+        self.stats.keyframe_requests += 1;
+        if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
         }
         self.drain(publisher);
@@ -991,22 +1407,32 @@ impl Worker {
             return;
         };
         let ssrc = pkt.header.ssrc;
-        // Which track: by its known SSRC, else ask str0m once and remember.
-        let known = p
-            .published
-            .iter()
-            .position(|t| t.layers.iter().any(|l| l.ssrc == Some(ssrc)));
-        let index = match known {
-            Some(i) => i,
+        // Which track and layer: by a known SSRC, else ask str0m once and remember.
+        let known = p.published.iter().enumerate().find_map(|(i, t)| {
+            t.layers
+                .iter()
+                .position(|l| l.ssrc == Some(ssrc))
+                .map(|l| (i, l))
+        });
+        let (index, layer) = match known {
+            Some(x) => x,
             None => {
-                let Some(mid) = p.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                let Some((mid, rid)) = p
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()))
+                else {
                     return;
                 };
                 let Some(i) = p.published.iter().position(|t| t.mid == mid) else {
                     return;
                 };
-                p.published[i].layers[0].ssrc = Some(ssrc);
-                i
+                let rid = rid.or(pkt.header.ext_vals.rid);
+                let Some(l) = p.published[i].layer_of(ssrc, rid) else {
+                    return;
+                };
+                (i, l)
             }
         };
         let in_pt = pkt.header.payload_type;
@@ -1025,19 +1451,48 @@ impl Worker {
                 codec
             }
         };
-        let track = &p.published[index];
+        let track = &mut p.published[index];
         let mid = track.mid;
         let is_video = track.kind == MediaKind::Video;
-        let starts_keyframe = is_video && vp8_starts_keyframe(&pkt.payload);
+        let l = &mut track.layers[layer];
+        l.rate
+            .add(now, pkt.payload.len() as u64 + PACKET_OVERHEAD_BYTES);
+        let came_back = !l.is_live(now);
+        l.last_packet = Some(now);
+        let descriptor = if codec == Codec::Vp8 {
+            Vp8Descriptor::parse(&pkt.payload).ok()
+        } else {
+            None
+        };
+        let starts_keyframe = is_video
+            && descriptor
+                .as_ref()
+                .is_some_and(|d| d.starts_keyframe(&pkt.payload));
+        if starts_keyframe {
+            l.keyframe_pending = false;
+        }
+        let Some(room) = self.rooms.get_mut(&p.room) else {
+            return;
+        };
+        if !is_video && let Some(level) = pkt.header.ext_vals.audio_level {
+            room.speakers
+                .observe((publisher, mid), level.unsigned_abs(), now);
+        }
         let mut subscribers = std::mem::take(&mut self.scratch);
         subscribers.clear();
-        if let Some(room) = self.rooms.get(&p.room) {
-            subscribers.extend(
-                room.participants
-                    .iter()
-                    .copied()
-                    .filter(|k| *k != publisher),
-            );
+        subscribers.extend(
+            room.participants
+                .iter()
+                .copied()
+                .filter(|k| *k != publisher),
+        );
+        if came_back && is_video {
+            // A layer the publisher (re)started changes what can be forwarded.
+            for &k in &subscribers {
+                if let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) {
+                    q.allocation_due = true;
+                }
+            }
         }
         let seq: u64 = *pkt.seq_no;
         let ext = ExtensionValues {
@@ -1065,6 +1520,20 @@ impl Worker {
                 continue;
             };
             let Some(out_mid) = s.mid else { continue };
+            // Layer selection: forward the current layer until a keyframe of
+            // the target arrives, then switch (a new segment in the forwarder).
+            let Some(target) = s.target else { continue };
+            if s.current != Some(layer) {
+                if target != layer {
+                    continue;
+                }
+                if !starts_keyframe {
+                    need_keyframe = true;
+                    continue;
+                }
+                s.current = Some(layer);
+                s.forwarder.restart();
+            }
             let out_pt = match s.pt_map {
                 Some((i, o)) if i == in_pt => o,
                 _ => {
@@ -1080,18 +1549,25 @@ impl Worker {
                     o
                 }
             };
-            let (seq_out, ts_out) =
-                match s
-                    .forwarder
-                    .forward(seq, pkt.header.timestamp, starts_keyframe)
-                {
-                    Forward::Send { seq, timestamp } => (seq, timestamp),
-                    Forward::NeedKeyframe => {
-                        need_keyframe = true;
-                        continue;
-                    }
-                    Forward::Stale => continue,
-                };
+            let (seq_out, ts_out, patch) = match s.forwarder.forward(
+                now,
+                seq,
+                pkt.header.timestamp,
+                starts_keyframe,
+                descriptor.as_ref(),
+            ) {
+                Forward::Send {
+                    seq,
+                    timestamp,
+                    vp8,
+                } => (seq, timestamp, vp8),
+                Forward::NeedKeyframe => {
+                    need_keyframe = true;
+                    continue;
+                }
+                Forward::Stale => continue,
+            };
+            let configure = !std::mem::replace(&mut s.stream_configured, true);
             // Each str0m mutation is drained before the next: first bring the
             // subscriber's clock to now, then write and drain.
             if q.clock < now {
@@ -1104,26 +1580,49 @@ impl Worker {
             let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
             };
-            tx.write_rtp(
-                RtpWrite::new(
-                    out_pt,
-                    seq_out.into(),
-                    ts_out,
-                    pkt.timestamp,
-                    pkt.payload.clone(),
-                )
-                .marker(pkt.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(true),
-            );
+            let mut write = RtpWrite::new(
+                out_pt,
+                seq_out.into(),
+                ts_out,
+                pkt.timestamp,
+                pkt.payload.clone(),
+            )
+            .marker(pkt.header.marker)
+            .ext_vals(ext.clone())
+            .nackable(true);
+            if let Some(patch) = patch {
+                write = write.vp8_patch(patch);
+            }
+            // Publishers already pace their media, and the Allocator keeps
+            // each subscriber under its estimate: pacing again would only
+            // add delay. str0m's pacer still spaces probes and padding.
+            tx.set_unpaced(true);
+            if configure {
+                // str0m stops answering NACKs once retransmissions pass a
+                // share of the stream, and counts probe padding (old packets
+                // resent over RTX) in that share: with probing on, real
+                // repairs were being dropped. Loss on a subscriber's link is
+                // the Allocator's to fix by lowering layers, not by
+                // refusing repairs.
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+            }
+            tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
             self.drain(k);
         }
         self.scratch = subscribers;
         if need_keyframe {
-            self.request_keyframe(now, publisher, mid);
+            self.request_keyframe(now, publisher, mid, layer);
         }
     }
+}
+
+/// What one `subscription` signal changes; None keeps the current value.
+struct SubscriptionSettings {
+    enabled: Option<bool>,
+    quality: Option<VideoQuality>,
+    tile: Option<(u32, u32)>,
+    pinned: Option<bool>,
 }
 
 /// Whether an SDP has an audio or video m-line in which its author sends.

@@ -108,6 +108,10 @@ async fn three_participants_hear_and_see_each_other() -> anyhow::Result<()> {
             // client quirks in tests/sim.rs); here: if packet 1 arrived, it is one.
             assert_ne!(first_key, Some(false), "video must start on a keyframe");
             assert!(keyframes > 0, "no keyframe received");
+            // Bandwidth probing resends old packets over RTX (as libwebrtc
+            // does); a receiver drops those duplicates, so does this check.
+            let mut seen = std::collections::HashSet::new();
+            let seqs: Vec<u16> = seqs.into_iter().filter(|s| seen.insert(*s)).collect();
             for w in seqs.windows(2) {
                 assert_eq!(
                     w[1],
@@ -262,13 +266,13 @@ async fn lost_video_packets_are_recovered_in_both_directions() -> anyhow::Result
         video()
             .and_then(|t| subscriber.with_received(&t, |r| r.packets))
             .unwrap_or(0)
-            >= 200
+            >= 300
     })
     .await?;
     let up_dropped = up.dropped.load(std::sync::atomic::Ordering::Relaxed);
     let down_dropped = down.dropped.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        up_dropped > 5 && down_dropped > 5,
+        up_dropped >= 3 && down_dropped >= 3,
         "relays dropped {up_dropped}/{down_dropped}"
     );
     // Every sequence number between the first and the last ones received

@@ -1,0 +1,230 @@
+//! The Allocator: splits one subscriber's estimated downlink over its video
+//! subscriptions. Pinned tracks, the active speaker and screen shares first
+//! (each at the best layer that fits, up to what the subscriber asked for),
+//! then the grid: everyone's lowest layer, then upgrades in grid order. What
+//! does not fit is paused. Audio is never paused; its cost is taken off the
+//! budget before this runs.
+//!
+//! Pure and allocation-free given its scratch vectors, so it is tested with
+//! numbers alone; the worker feeds it str0m's TWCC estimate.
+
+use stamma_proto::VideoQuality;
+
+use crate::track::MAX_LAYERS;
+
+/// Who gets bandwidth first; lower is served first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Pinned,
+    Speaker,
+    Screen,
+    Grid,
+}
+
+/// What one video subscription asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Demand {
+    pub priority: Priority,
+    /// Cost of each layer in bit/s, lowest first; `layers` of them are valid.
+    pub costs: [u64; MAX_LAYERS],
+    pub layers: usize,
+    /// Highest layer the subscriber wants (its tile size or quality).
+    pub max_layer: usize,
+    /// The layer chosen last time (None: paused), for hysteresis.
+    pub previous: Option<usize>,
+}
+
+/// Going above the previous choice (an up-switch or a resume) must fit with
+/// this much headroom (percent), so an estimate hovering at the edge does not
+/// flap a layer on and off.
+pub const UPSWITCH_HEADROOM_PCT: u64 = 115;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allocation {
+    /// Sum of the chosen layers' costs.
+    pub used: u64,
+    /// What everything at its wanted layer would cost: the rate worth probing for.
+    pub wanted: u64,
+}
+
+impl Demand {
+    fn top(&self) -> usize {
+        self.max_layer.min(self.layers.saturating_sub(1))
+    }
+
+    /// Budget needed to hold `layer`, with headroom if it is an up-switch.
+    fn need(&self, layer: usize) -> u64 {
+        let cost = self.costs[layer];
+        if self.previous.is_none_or(|p| layer > p) {
+            cost * UPSWITCH_HEADROOM_PCT / 100
+        } else {
+            cost
+        }
+    }
+}
+
+/// Choose a layer (or None: paused) for every demand. `order` is scratch.
+pub fn allocate(
+    budget: u64,
+    demands: &[Demand],
+    order: &mut Vec<usize>,
+    out: &mut Vec<Option<usize>>,
+) -> Allocation {
+    out.clear();
+    out.resize(demands.len(), None);
+    order.clear();
+    order.extend(0..demands.len());
+    order.sort_by_key(|&i| (demands[i].priority, i));
+    let mut left = budget;
+    let mut wanted = 0;
+    // Priority tracks: the best layer that fits, in priority order.
+    for &i in order.iter() {
+        let d = &demands[i];
+        if d.layers == 0 {
+            continue;
+        }
+        wanted += d.costs[d.top()];
+        if d.priority == Priority::Grid {
+            continue;
+        }
+        if let Some(layer) = (0..=d.top()).rev().find(|&l| d.need(l) <= left) {
+            out[i] = Some(layer);
+            left -= d.costs[layer];
+        }
+    }
+    // The grid: everyone's lowest layer first, so more tiles move.
+    for &i in order.iter() {
+        let d = &demands[i];
+        if d.priority != Priority::Grid || d.layers == 0 {
+            continue;
+        }
+        if d.need(0) <= left {
+            out[i] = Some(0);
+            left -= d.costs[0];
+        }
+    }
+    // Then upgrade the grid one step at a time, in grid order.
+    loop {
+        let mut upgraded = false;
+        for &i in order.iter() {
+            let d = &demands[i];
+            let Some(layer) = out[i] else { continue };
+            if d.priority != Priority::Grid || layer >= d.top() {
+                continue;
+            }
+            let next = layer + 1;
+            let extra = d.need(next).saturating_sub(d.costs[layer]);
+            if extra <= left {
+                left -= d.costs[next] - d.costs[layer].min(d.costs[next]);
+                out[i] = Some(next);
+                upgraded = true;
+            }
+        }
+        if !upgraded {
+            break;
+        }
+    }
+    Allocation {
+        used: budget - left,
+        wanted,
+    }
+}
+
+/// The highest layer a subscriber wants of a track with `layers` layers whose
+/// top layer is `full` pixels: by explicit quality, else by tile size (the
+/// smallest layer at least as large as the tile), else the top.
+pub fn max_layer(
+    layers: usize,
+    quality: Option<VideoQuality>,
+    tile: Option<(u32, u32)>,
+    full: Option<(u32, u32)>,
+) -> usize {
+    let top = layers.saturating_sub(1);
+    if let Some(q) = quality {
+        return match q {
+            VideoQuality::Low => 0,
+            VideoQuality::Medium => top.min(1),
+            VideoQuality::High => top,
+        };
+    }
+    let Some((w, h)) = tile else { return top };
+    // Browsers scale simulcast layers down by 2 per step from the top.
+    let (fw, fh) = full.unwrap_or((1280, 720));
+    (0..=top)
+        .find(|&i| {
+            let scale = 1u32 << (top - i);
+            fw / scale >= w && fh / scale >= h
+        })
+        .unwrap_or(top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAM: [u64; 3] = [150_000, 500_000, 1_500_000];
+
+    fn grid(previous: Option<usize>) -> Demand {
+        Demand {
+            priority: Priority::Grid,
+            costs: CAM,
+            layers: 3,
+            max_layer: 2,
+            previous,
+        }
+    }
+
+    fn run(budget: u64, d: &[Demand]) -> (Vec<Option<usize>>, Allocation) {
+        let (mut order, mut out) = (Vec::new(), Vec::new());
+        let a = allocate(budget, d, &mut order, &mut out);
+        (out, a)
+    }
+
+    #[test]
+    fn one_track_gets_the_best_layer_that_fits() {
+        assert_eq!(run(2_500_000, &[grid(Some(2))]).0, [Some(2)]);
+        assert_eq!(run(1_000_000, &[grid(Some(2))]).0, [Some(1)]);
+        assert_eq!(run(300_000, &[grid(Some(1))]).0, [Some(0)]);
+        assert_eq!(run(100_000, &[grid(Some(0))]).0, [None]);
+    }
+
+    #[test]
+    fn up_switches_need_headroom_but_holding_does_not() {
+        // 1.5 Mbit/s holds the top layer but does not earn it.
+        assert_eq!(run(1_520_000, &[grid(Some(2))]).0, [Some(2)]);
+        assert_eq!(run(1_520_000, &[grid(Some(1))]).0, [Some(1)]);
+        assert_eq!(run(1_800_000, &[grid(Some(1))]).0, [Some(2)]);
+    }
+
+    #[test]
+    fn speaker_first_then_every_tile_low_then_upgrades() {
+        let mut d = vec![grid(Some(0)); 5];
+        d[3].priority = Priority::Speaker;
+        let (out, a) = run(1_200_000, &d);
+        // Speaker: 500k (1.5M does not fit); then four tiles at 150k = 600k; 100k left.
+        assert_eq!(out, [Some(0), Some(0), Some(0), Some(1), Some(0)]);
+        assert_eq!(a.used, 1_100_000);
+        assert_eq!(a.wanted, 5 * 1_500_000);
+        // Not enough for everyone: later tiles pause, the speaker does not.
+        let (out, _) = run(500_000, &d);
+        assert_eq!(out, [Some(0), Some(0), None, Some(0), None]);
+    }
+
+    #[test]
+    fn requested_quality_caps_the_layer() {
+        let mut d = grid(Some(0));
+        d.max_layer = 0;
+        assert_eq!(run(10_000_000, &[d]).0, [Some(0)]);
+        assert_eq!(run(10_000_000, &[d]).1.wanted, 150_000);
+    }
+
+    #[test]
+    fn tile_size_picks_the_smallest_layer_that_covers_it() {
+        assert_eq!(max_layer(3, None, Some((320, 180)), Some((1280, 720))), 0);
+        assert_eq!(max_layer(3, None, Some((321, 180)), Some((1280, 720))), 1);
+        assert_eq!(max_layer(3, None, Some((1920, 1080)), None), 2);
+        assert_eq!(max_layer(3, Some(VideoQuality::Medium), None, None), 1);
+        assert_eq!(max_layer(1, Some(VideoQuality::High), None, None), 0);
+        assert_eq!(max_layer(2, None, None, None), 1);
+    }
+}
