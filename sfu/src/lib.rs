@@ -1,7 +1,7 @@
 //! The Stämma media plane: a selective forwarding unit on str0m.
 //!
 //! The core ([`Worker`], [`room`], [`participant`], [`track`], [`subscription`],
-//! [`forwarder`]) is sans-IO: it takes datagrams, commands and the current time
+//! [`forwarder`], [`allocator`], [`speaker`]) is sans-IO: it takes datagrams, commands and the current time
 //! and returns datagrams to send and signals for participants. The UDP socket,
 //! the thread and the clock live in [`driver`].
 

@@ -27,6 +27,7 @@ use crate::demux::{Demux, ParticipantKey};
 use crate::forwarder::Forward;
 use crate::participant::{Participant, PendingOffer};
 use crate::room::Room;
+use crate::speaker::attenuation_db;
 use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::{MAX_LAYERS, PACKET_OVERHEAD_BYTES, Track};
 
@@ -1476,7 +1477,7 @@ impl Worker {
         };
         if !is_video && let Some(level) = pkt.header.ext_vals.audio_level {
             room.speakers
-                .observe((publisher, mid), level.unsigned_abs(), now);
+                .observe((publisher, mid), attenuation_db(level), now);
         }
         let mut subscribers = std::mem::take(&mut self.scratch);
         subscribers.clear();
