@@ -25,7 +25,7 @@ use clap::{Parser, ValueEnum};
 use stamma_client::media::opus_tone;
 
 use crate::peer::Shared;
-use crate::report::Report;
+use crate::report::{Report, ServerMode};
 use crate::scenario::{Preset, Scenario, Subscribe};
 use crate::stats::Collector;
 
@@ -33,6 +33,12 @@ use crate::stats::Collector;
 enum Target {
     Stamma,
     Janus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Parser)]
@@ -57,6 +63,15 @@ struct Args {
     /// Media workers of the spawned server (default: one per core).
     #[arg(long)]
     server_workers: Option<usize>,
+    /// The server's layer allocator (off: every track's top layer to everyone,
+    /// the baseline). Written into a --spawn server's config; for --url only
+    /// recorded in the report.
+    #[arg(long, value_enum, default_value = "on")]
+    server_allocator: OnOff,
+    /// The server's first bandwidth estimate per subscriber, kbit/s (as the
+    /// allocator: --spawn sets it, --url only records it).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(50..=100_000))]
+    bwe_initial_kbps: Option<u32>,
     /// API key id and secret that mint join tokens (with --url).
     #[arg(long, env = "STAMMA_API_KEY")]
     api_key: Option<String>,
@@ -266,7 +281,12 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
     let (url, server_pid) = match (&args.url, args.spawn, args.target) {
         (_, true, Target::Stamma) => {
             let bin = server::find_stamma(args.stamma_bin.as_deref())?;
-            let s = server::spawn(&bin, args.server_workers).await?;
+            let opts = server::SpawnOptions {
+                workers: args.server_workers,
+                allocator: args.server_allocator == OnOff::On,
+                bwe_initial_kbps: args.bwe_initial_kbps,
+            };
+            let s = server::spawn(&bin, &opts).await?;
             let r = (s.url.clone(), Some(s.pid));
             spawned = Some(s);
             r
@@ -364,7 +384,12 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
         Target::Stamma => "stamma",
         Target::Janus => "janus",
     };
-    let report = Report::build(&sc, target_name, data);
+    let mode = ServerMode {
+        allocator: (args.target == Target::Stamma).then_some(args.server_allocator == OnOff::On),
+        bwe_initial_kbps: args.bwe_initial_kbps,
+        applied: spawned.is_some(),
+    };
+    let report = Report::build(&sc, target_name, &mode, data);
     println!("{}", report.table());
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)
@@ -410,6 +435,28 @@ mod tests {
         let c = scenario(&["--participants", "3", "--subscribe", "none", "--simulcast"]);
         assert_eq!(c.subscribe, Subscribe::None);
         assert!(c.simulcast && c.video_publishers == 3);
+    }
+
+    #[test]
+    fn the_allocator_is_on_unless_turned_off() {
+        let parse = |a: &[&str]| {
+            let mut all = vec!["stamma-loadtest"];
+            all.extend_from_slice(a);
+            Args::try_parse_from(all).map_err(|e| e.to_string())
+        };
+        let on = parse(&[]).expect("defaults parse");
+        assert_eq!(
+            (on.server_allocator, on.bwe_initial_kbps),
+            (OnOff::On, None)
+        );
+        let off = parse(&["--server-allocator", "off", "--bwe-initial-kbps", "800"])
+            .expect("allocator off parses");
+        assert_eq!(
+            (off.server_allocator, off.bwe_initial_kbps),
+            (OnOff::Off, Some(800))
+        );
+        assert!(parse(&["--server-allocator", "maybe"]).is_err());
+        assert!(parse(&["--bwe-initial-kbps", "10"]).is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tracing::debug;
 
 use crate::downlink::Downlink;
 use crate::scenario::{ParticipantPlan, Scenario, Silence};
-use crate::stats::{Collector, Delta, Jitter, is_freeze};
+use crate::stats::{Collector, Delta, Jitter, RateSample, is_freeze};
 
 /// A track as the load test names it: who sends it and whether it is video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,6 +90,11 @@ pub enum PeerCmd {
     ),
     /// The videos watched now (`None`: all of them).
     Watch(Option<Vec<u32>>),
+    /// The server stopped (`true`, `track_paused`) or restarted (`false`,
+    /// `track_resumed`) delivering a track to us.
+    ServerPause(TrackKey, bool),
+    /// The server's `publish_layers` for our camera: (rid, active) per layer.
+    PublishLayers(Vec<(Option<String>, bool)>),
     /// Measure the end state, reply and stop.
     Finish(oneshot::Sender<PeerSummary>),
 }
@@ -103,6 +108,9 @@ pub struct PeerSummary {
     pub tracks_expected: usize,
     pub tracks_received: usize,
     pub missing: Vec<TrackKey>,
+    /// Tracks that would be expected but the server reports paused (or
+    /// resumed too recently to have reached a keyframe).
+    pub tracks_paused: usize,
 }
 
 pub struct PeerHandle {
@@ -138,6 +146,14 @@ impl PeerHandle {
         let _ = self.cmds.send(PeerCmd::Watch(videos)).await;
     }
 
+    pub async fn server_pause(&self, key: TrackKey, paused: bool) {
+        let _ = self.cmds.send(PeerCmd::ServerPause(key, paused)).await;
+    }
+
+    pub async fn publish_layers(&self, layers: Vec<(Option<String>, bool)>) {
+        let _ = self.cmds.send(PeerCmd::PublishLayers(layers)).await;
+    }
+
     pub async fn finish(&self) -> PeerSummary {
         self.ask(PeerCmd::Finish).await.unwrap_or_default()
     }
@@ -152,6 +168,9 @@ const FLOWING_WINDOW: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_secs(3);
 /// ...and sent for this long (a speaker who just took the floor).
 const SENDER_SETTLE: Duration = Duration::from_secs(1);
+/// A track the server resumed is expected once this long has passed: it
+/// restarts on a keyframe, which the publisher needs a moment to send.
+const RESUME_SETTLE: Duration = Duration::from_secs(1);
 const AUDIO_FRAME: Duration = Duration::from_millis(20);
 /// Video ticks at the highest frame rate; slower layers skip ticks.
 const VIDEO_FPS: u32 = 30;
@@ -161,10 +180,21 @@ const MAX_CATCH_UP: u32 = 5;
 
 struct VideoSource {
     mid: Mid,
-    /// One encoder per layer, with the layer's rid when simulcasting.
-    layers: Vec<(Option<Rid>, SyntheticVp8, u32)>,
+    layers: Vec<SendLayer>,
     tick: u64,
     next: Instant,
+}
+
+/// One encoder of the camera.
+struct SendLayer {
+    /// The layer's rid when simulcasting.
+    rid: Option<Rid>,
+    enc: SyntheticVp8,
+    /// Sent on every `step`-th tick.
+    step: u32,
+    /// False while the server's `publish_layers` says nobody receives it
+    /// (dynacast): then it is not encoded or sent at all.
+    active: bool,
 }
 
 struct AudioSource {
@@ -187,6 +217,19 @@ struct RxTrack {
     jitter: Jitter,
     /// For deltas: packets and expected at the last report.
     reported: (u64, u64),
+    /// Delivery stopped or restarted on purpose since the last frame (a
+    /// grid tile paused or shown again, the server paused or resumed it):
+    /// the gap before the next frame is neither loss nor a freeze.
+    gap_excused: bool,
+    /// While the server reports the track paused: the instant up to which
+    /// its paused time has been accounted.
+    server_paused: Option<Instant>,
+    /// Paused time that ended since the last report.
+    paused_unreported: Duration,
+    /// When the server last resumed it.
+    resumed_at: Option<Instant>,
+    /// RTP sequence numbers skipped across pauses: never sent, so not lost.
+    seq_excused: u64,
 }
 
 impl RxTrack {
@@ -202,7 +245,13 @@ impl RxTrack {
         delta: &mut Delta,
     ) -> bool {
         let is_first = self.last_at.is_none();
+        // A frame while the server still says paused means it resumed
+        // before its signal arrived: the gap is as excused as after it.
+        let excused = std::mem::take(&mut self.gap_excused) || self.server_paused.is_some();
         let first = *self.seq_first.get_or_insert(first_seq);
+        if excused && !is_first && first_seq > self.seq_max + 1 {
+            self.seq_excused += first_seq - self.seq_max - 1;
+        }
         if last_seq >= first {
             self.seq_max = self.seq_max.max(last_seq);
             self.packets += last_seq - first_seq + 1;
@@ -212,12 +261,21 @@ impl RxTrack {
             delta.corrupt_frames += 1;
         }
         if let Some((layer, last)) = self.last_frame {
-            if video && layer != stamp.layer && !stamp.keyframe {
-                delta.bad_switches += 1;
+            if video && layer != stamp.layer {
+                delta.layer_switches += 1;
+                if !stamp.keyframe {
+                    delta.bad_switches += 1;
+                }
             }
             if layer == stamp.layer && stamp.frame > last {
                 let step = u32::from(stamp.step.max(1));
-                delta.frames_lost += u64::from((stamp.frame - last) / step).saturating_sub(1);
+                let skipped = u64::from((stamp.frame - last) / step).saturating_sub(1);
+                if !excused {
+                    delta.frames_lost += skipped;
+                } else if video && skipped > 0 && !stamp.keyframe {
+                    // Picked up mid-stream after a pause: undecodable.
+                    delta.resumes_without_keyframe += 1;
+                }
             }
         }
         let interval = if video {
@@ -225,8 +283,13 @@ impl RxTrack {
         } else {
             AUDIO_FRAME
         };
+        if video {
+            let layer = usize::from(stamp.layer).min(delta.layer_us.len() - 1);
+            delta.layer_us[layer] += interval.as_micros() as u64;
+        }
         if let Some(prev) = self.last_at
             && video
+            && !excused
             && is_freeze(now.saturating_duration_since(prev), interval)
         {
             delta.freezes += 1;
@@ -236,6 +299,62 @@ impl RxTrack {
         self.last_at = Some(now);
         is_first
     }
+
+    /// The server paused (`true`) or resumed (`false`) the track at `now`.
+    /// A repeated signal changes nothing.
+    fn server_pause(&mut self, now: Instant, paused: bool, delta: &mut Delta) {
+        match (paused, self.server_paused) {
+            (true, None) => {
+                self.server_paused = Some(now);
+                self.gap_excused = true;
+                delta.pause_events += 1;
+            }
+            (false, Some(from)) => {
+                self.paused_unreported += now.saturating_duration_since(from);
+                self.server_paused = None;
+                self.resumed_at = Some(now);
+                self.gap_excused = true;
+                delta.resume_events += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// Paused time since the last call, up to `now`.
+    fn take_paused(&mut self, now: Instant) -> Duration {
+        let mut d = std::mem::take(&mut self.paused_unreported);
+        if let Some(from) = &mut self.server_paused {
+            d += now.saturating_duration_since(*from);
+            *from = now;
+        }
+        d
+    }
+
+    /// Whether it is expected to deliver now, as far as the server says:
+    /// not paused, and resumed long enough ago to have reached a keyframe.
+    fn delivering(&self, now: Instant) -> bool {
+        self.server_paused.is_none()
+            && self
+                .resumed_at
+                .is_none_or(|r| now.saturating_duration_since(r) >= RESUME_SETTLE)
+    }
+
+    /// RTP packets sent to us so far, by the sequence numbers.
+    fn expected_packets(&self) -> u64 {
+        self.seq_first.map_or(0, |f| {
+            (self.seq_max + 1).saturating_sub(f + self.seq_excused)
+        })
+    }
+}
+
+/// Whether a watch list (`None`: everything) includes `sender`'s video.
+fn watches(watch: &Option<Vec<u32>>, sender: u32) -> bool {
+    watch.as_ref().is_none_or(|w| w.contains(&sender))
+}
+
+/// RTP, not RTCP, STUN or DTLS (RFC 7983 and RFC 5761 demultiplexing).
+fn is_rtp(data: &[u8]) -> bool {
+    matches!(data, [b0, b1, ..] if (128..192).contains(b0) && !(192..224).contains(b1))
 }
 
 struct Peer {
@@ -259,6 +378,11 @@ struct Peer {
     first_frame_ms: Vec<f64>,
     delta: Delta,
     next_report: Instant,
+    last_report: Instant,
+    /// RTP bytes since the last report: arrived at the socket (what the
+    /// server sent), and handed to str0m after the bottleneck.
+    rtp_arrived: u64,
+    rtp_delivered: u64,
     downlink: Option<Downlink>,
     frame_buf: Vec<u8>,
     counts_join: bool,
@@ -315,6 +439,9 @@ pub async fn spawn(
         first_frame_ms: Vec::new(),
         delta: Delta::default(),
         next_report: now + REPORT_EVERY,
+        last_report: now,
+        rtp_arrived: 0,
+        rtp_delivered: 0,
         downlink,
         frame_buf: Vec::with_capacity(64 * 1024),
         counts_join,
@@ -388,13 +515,16 @@ impl Peer {
                 PeerCmd::AcceptOffer(_, _, r) => {
                     drop(r.send(Err("media connection failed".into())))
                 }
-                PeerCmd::Watch(_) => {}
+                PeerCmd::Watch(_) | PeerCmd::ServerPause(..) | PeerCmd::PublishLayers(_) => {}
             }
         }
     }
 
     fn datagram(&mut self, from: SocketAddr, data: &[u8]) {
         self.delta.bytes += data.len() as u64;
+        if is_rtp(data) {
+            self.rtp_arrived += data.len() as u64;
+        }
         let now = Instant::now();
         if let Some(d) = &mut self.downlink {
             d.push(now, from, data);
@@ -404,6 +534,9 @@ impl Peer {
     }
 
     fn input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if is_rtp(data) {
+            self.rtp_delivered += data.len() as u64;
+        }
         let Ok(r) = Receive::new(Protocol::Udp, from, self.local, data) else {
             return;
         };
@@ -463,9 +596,9 @@ impl Peer {
             Event::MediaData(d) => self.media(now, d),
             Event::KeyframeRequest(req) => {
                 if let Some(v) = &mut self.video {
-                    for (rid, enc, _) in &mut v.layers {
-                        if req.rid.is_none() || *rid == req.rid {
-                            enc.request_keyframe();
+                    for l in &mut v.layers {
+                        if req.rid.is_none() || l.rid == req.rid {
+                            l.enc.request_keyframe();
                         }
                     }
                 }
@@ -505,15 +638,45 @@ impl Peer {
 
     fn report(&mut self, now: Instant) {
         self.next_report = now + REPORT_EVERY;
-        for t in self.rx.values_mut() {
-            let Some(first) = t.seq_first else { continue };
-            let expected = t.seq_max + 1 - first;
+        let interval = now.saturating_duration_since(self.last_report);
+        self.last_report = now;
+        for (key, t) in &mut self.rx {
+            // Paused time counts only while we want the video: a grid tile
+            // we paused ourselves is not the server's doing.
+            let paused = t.take_paused(now);
+            if key.video
+                && t.offered_at.is_some()
+                && watches(&self.watch, key.sender)
+                && self.shared.sent_span(*key).is_some()
+            {
+                self.delta.video_track_us += interval.as_micros() as u64;
+                self.delta.paused_us += paused.min(interval).as_micros() as u64;
+            }
+            if t.seq_first.is_none() {
+                continue;
+            }
+            let expected = t.expected_packets();
             self.delta.packets += t.packets - t.reported.0;
             self.delta.packets_expected += expected.saturating_sub(t.reported.1);
             t.reported = (t.packets, expected);
             if t.last_at.is_some_and(|l| now - l < FLOWING_WINDOW) {
                 self.delta.jitter_us.push(t.jitter.get_us());
             }
+        }
+        let (arrived, delivered) = (
+            std::mem::take(&mut self.rtp_arrived),
+            std::mem::take(&mut self.rtp_delivered),
+        );
+        // A subscriber's rate: peers that watch nothing are left out, so
+        // they do not pull the spread down.
+        let watches_any = self.watch.as_ref().is_none_or(|w| !w.is_empty());
+        if !self.rx.is_empty() && watches_any {
+            self.delta.rates.push(RateSample {
+                subscriber: self.plan.index,
+                server_sent: arrived,
+                received: delivered,
+                interval_us: interval.as_micros() as u64,
+            });
         }
         self.shared
             .collector
@@ -563,6 +726,12 @@ impl Peer {
                 let _ = reply.send(r);
             }
             PeerCmd::Watch(videos) => {
+                for (key, t) in &mut self.rx {
+                    if key.video && watches(&self.watch, key.sender) != watches(&videos, key.sender)
+                    {
+                        t.gap_excused = true;
+                    }
+                }
                 if let Some(v) = &videos {
                     for s in v {
                         self.watch_since.entry(*s).or_insert(now);
@@ -571,6 +740,13 @@ impl Peer {
                 }
                 self.watch = videos;
             }
+            PeerCmd::ServerPause(key, paused) => {
+                self.rx
+                    .entry(key)
+                    .or_default()
+                    .server_pause(now, paused, &mut self.delta);
+            }
+            PeerCmd::PublishLayers(layers) => self.publish_layers(&layers),
             PeerCmd::Finish(reply) => {
                 self.report(now);
                 let _ = reply.send(self.summary(now));
@@ -612,12 +788,11 @@ impl Peer {
                 layers: layers
                     .iter()
                     .enumerate()
-                    .map(|(i, l): (usize, &VideoLayer)| {
-                        (
-                            rids.then(|| Rid::from(RIDS[i])),
-                            SyntheticVp8::new(*l, seed + i as u64),
-                            (VIDEO_FPS / l.fps.max(1)).max(1),
-                        )
+                    .map(|(i, l): (usize, &VideoLayer)| SendLayer {
+                        rid: rids.then(|| Rid::from(RIDS[i])),
+                        enc: SyntheticVp8::new(*l, seed + i as u64),
+                        step: (VIDEO_FPS / l.fps.max(1)).max(1),
+                        active: true,
                     })
                     .collect(),
                 tick: 0,
@@ -751,13 +926,13 @@ impl Peer {
             }
             for i in 0..v.layers.len() {
                 let Some(v) = &mut self.video else { return };
-                let (rid, enc, step) = &mut v.layers[i];
-                if tick % u64::from(*step) != 0 {
+                let l = &mut v.layers[i];
+                if !l.active || tick % u64::from(l.step) != 0 {
                     continue;
                 }
-                let rid = *rid;
-                let step = *step as u8;
-                let keyframe = enc.next_frame(&mut self.frame_buf);
+                let rid = l.rid;
+                let step = l.step as u8;
+                let keyframe = l.enc.next_frame(&mut self.frame_buf);
                 let sent_us = shared.micros(now);
                 FrameStamp {
                     sender: self.plan.index,
@@ -786,6 +961,26 @@ impl Peer {
                     );
                 }
                 self.wrote_media = true;
+            }
+        }
+    }
+
+    /// Dynacast: stop the layers nobody receives, restart the others on a
+    /// keyframe (their receivers start there). Layers not named keep going.
+    fn publish_layers(&mut self, layers: &[(Option<String>, bool)]) {
+        let Some(v) = &mut self.video else { return };
+        for l in &mut v.layers {
+            let want = layers
+                .iter()
+                .find(|(rid, _)| rid.as_deref() == l.rid.as_deref())
+                .map(|(_, active)| *active);
+            let Some(active) = want else { continue };
+            if active != l.active {
+                l.active = active;
+                if active {
+                    l.enc.request_keyframe();
+                }
+                self.delta.publish_layer_changes += 1;
             }
         }
     }
@@ -832,10 +1027,13 @@ impl Peer {
                 {
                     continue;
                 }
+                let t = self.rx.get(&key);
+                if t.is_some_and(|t| !t.delivering(now)) {
+                    s.tracks_paused += 1;
+                    continue;
+                }
                 s.tracks_expected += 1;
-                let flowing = self
-                    .rx
-                    .get(&key)
+                let flowing = t
                     .and_then(|t| t.last_at)
                     .is_some_and(|l| now.saturating_duration_since(l) < FLOWING_WINDOW);
                 if flowing {
@@ -898,9 +1096,147 @@ mod tests {
         assert_eq!(d.freezes, 1);
         assert_eq!(d.frames, 7);
         // Packets: 8 of 10 sequence numbers arrived in delivered frames.
-        assert_eq!(
-            (t.packets, t.seq_max + 1 - t.seq_first.unwrap_or(0)),
-            (8, 10)
+        assert_eq!((t.packets, t.expected_packets()), (8, 10));
+        assert_eq!(d.layer_switches, 2);
+    }
+
+    #[test]
+    fn a_paused_tracks_missing_frames_are_not_loss_but_frames_after_resume_are() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = RxTrack::default();
+        let mut d = Delta::default();
+        t.frame(ms(0), &stamp(0, 1, true, 100), 100, (1, 2), true, &mut d);
+        t.frame(ms(33), &stamp(1, 1, false, 100), 100, (3, 3), true, &mut d);
+        assert!(t.delivering(ms(40)));
+        // The server pauses it for bandwidth at 50 ms; nothing comes for
+        // 3 s; it resumes at 3050 ms and the first frame is a keyframe, on
+        // another sequence number than the one after the last (a server
+        // that does not close the gap).
+        t.server_pause(ms(50), true, &mut d);
+        t.server_pause(ms(60), true, &mut d);
+        assert!(!t.delivering(ms(1000)), "paused: not expected to flow");
+        assert_eq!(t.take_paused(ms(1050)), Duration::from_millis(1000));
+        t.server_pause(ms(3050), false, &mut d);
+        assert!(
+            !t.delivering(ms(3500)),
+            "just resumed: waiting for a keyframe"
         );
+        t.frame(
+            ms(3100),
+            &stamp(92, 1, true, 100),
+            100,
+            (50, 53),
+            true,
+            &mut d,
+        );
+        assert_eq!(
+            (d.frames_lost, d.freezes, d.resumes_without_keyframe),
+            (0, 0, 0),
+            "the paused interval is neither loss nor a freeze"
+        );
+        assert_eq!(t.take_paused(ms(3100)), Duration::from_millis(2000));
+        assert_eq!(t.take_paused(ms(4000)), Duration::ZERO);
+        assert_eq!((d.pause_events, d.resume_events), (1, 1));
+        assert!(t.delivering(ms(4050)));
+        // After the resume, missing frames and packets are loss again.
+        t.frame(
+            ms(3133),
+            &stamp(93, 1, false, 100),
+            100,
+            (54, 54),
+            true,
+            &mut d,
+        );
+        t.frame(
+            ms(3233),
+            &stamp(96, 1, false, 100),
+            100,
+            (57, 57),
+            true,
+            &mut d,
+        );
+        assert_eq!(d.frames_lost, 2);
+        assert_eq!((t.packets, t.expected_packets()), (9, 11));
+        // Resumed on a delta frame after skipping: counted as undecodable.
+        t.server_pause(ms(3300), true, &mut d);
+        t.server_pause(ms(3400), false, &mut d);
+        t.frame(
+            ms(3500),
+            &stamp(105, 1, false, 100),
+            100,
+            (58, 58),
+            true,
+            &mut d,
+        );
+        assert_eq!((d.frames_lost, d.resumes_without_keyframe), (2, 1));
+        // A frame while still paused (media outran the resume signal) is
+        // excused the same way.
+        t.server_pause(ms(3600), true, &mut d);
+        t.frame(
+            ms(6000),
+            &stamp(170, 1, true, 100),
+            100,
+            (59, 59),
+            true,
+            &mut d,
+        );
+        assert_eq!((d.frames_lost, d.freezes), (2, 0));
+    }
+
+    #[test]
+    fn a_grid_pause_of_our_own_is_not_loss_either() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = RxTrack::default();
+        let mut d = Delta::default();
+        t.frame(ms(0), &stamp(0, 1, true, 100), 100, (1, 1), true, &mut d);
+        // What `PeerCmd::Watch` does when the tile leaves the page.
+        t.gap_excused = true;
+        t.frame(
+            ms(10_000),
+            &stamp(300, 1, true, 100),
+            100,
+            (2, 2),
+            true,
+            &mut d,
+        );
+        assert_eq!((d.frames_lost, d.freezes), (0, 0));
+    }
+
+    #[test]
+    fn video_time_is_shared_out_by_layer() {
+        let t0 = Instant::now();
+        let mut t = RxTrack::default();
+        let mut d = Delta::default();
+        // Two frames of the 15 fps layer (step 2) weigh as four at 30 fps.
+        let mut q = stamp(0, 0, true, 100);
+        q.step = 2;
+        t.frame(t0, &q, 100, (1, 1), true, &mut d);
+        q.frame = 2;
+        q.keyframe = false;
+        t.frame(t0, &q, 100, (2, 2), true, &mut d);
+        for f in 3..7 {
+            t.frame(
+                t0,
+                &stamp(f, 2, f == 3, 100),
+                100,
+                (f as u64, f as u64),
+                true,
+                &mut d,
+            );
+        }
+        assert_eq!(d.layer_us[0], d.layer_us[2]);
+        assert_eq!(d.layer_us[1], 0);
+    }
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        assert!(is_rtp(&[0x80, 96, 0, 1]));
+        assert!(is_rtp(&[0x90, 0x80 | 96]));
+        assert!(!is_rtp(&[0x80, 200]), "RTCP sender report");
+        assert!(!is_rtp(&[0x00, 0x01]), "STUN");
+        assert!(!is_rtp(&[22, 254]), "DTLS");
+        assert!(!is_rtp(&[0x80]));
     }
 }

@@ -2,11 +2,92 @@
 //! `--html`, a self-contained page with charts over time (inline SVG, no
 //! scripts, nothing fetched).
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::run::RunData;
 use crate::scenario::Scenario;
-use crate::stats::{Delta, loss_pct, percentile, percentile_f64};
+use crate::stats::{Delta, RateSample, loss_pct, percentile, percentile_f64};
+
+/// How the server under test was configured, as far as this tool knows.
+#[derive(Debug, Clone, Default)]
+pub struct ServerMode {
+    /// `media.allocator`; `None` for a target that has no such setting.
+    pub allocator: Option<bool>,
+    pub bwe_initial_kbps: Option<u32>,
+    /// True when this tool started the server with these settings; false
+    /// when they were only stated on the command line for a running server.
+    pub applied: bool,
+}
+
+/// A spread across subscribers.
+#[derive(Debug, Serialize)]
+pub struct Spread {
+    pub p95: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        Spread {
+            p95: percentile_f64(&mut v, 0.95).map(round2),
+            max: v.iter().copied().reduce(f64::max).map(round2),
+        }
+    }
+}
+
+/// Share of received video time per simulcast layer, percent.
+#[derive(Debug, Serialize)]
+pub struct LayerShare {
+    pub q: f64,
+    pub h: f64,
+    pub f: f64,
+}
+
+/// Per subscriber over the measurement window, kbit/s: mean and 95th
+/// percentile of its 1-s rates, before the bottleneck (what the server
+/// sent) and after it (what the subscriber got).
+#[derive(Debug, Default)]
+struct SubscriberRates {
+    sent_mean: Vec<f64>,
+    sent_p95: Vec<f64>,
+    received_mean: Vec<f64>,
+    received_p95: Vec<f64>,
+}
+
+impl SubscriberRates {
+    fn from_samples(samples: &[RateSample]) -> SubscriberRates {
+        #[derive(Default)]
+        struct Acc {
+            sent: u64,
+            received: u64,
+            us: u64,
+            sent_kbps: Vec<f64>,
+            received_kbps: Vec<f64>,
+        }
+        let mut by: HashMap<u32, Acc> = HashMap::new();
+        for s in samples.iter().filter(|s| s.interval_us > 0) {
+            let a = by.entry(s.subscriber).or_default();
+            a.sent += s.server_sent;
+            a.received += s.received;
+            a.us += s.interval_us;
+            a.sent_kbps
+                .push(RateSample::kbps(s.server_sent, s.interval_us));
+            a.received_kbps
+                .push(RateSample::kbps(s.received, s.interval_us));
+        }
+        let mut r = SubscriberRates::default();
+        for mut a in by.into_values() {
+            r.sent_mean.push(RateSample::kbps(a.sent, a.us));
+            r.received_mean.push(RateSample::kbps(a.received, a.us));
+            r.sent_p95.extend(percentile_f64(&mut a.sent_kbps, 0.95));
+            r.received_p95
+                .extend(percentile_f64(&mut a.received_kbps, 0.95));
+        }
+        r
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct P2 {
@@ -34,6 +115,8 @@ pub struct SecondRow {
     pub server_cpu_pct: Option<f64>,
     pub server_rss_mb: Option<f64>,
     pub loadgen_cpu_pct: Option<f64>,
+    /// Share of watched video track time the server reported paused.
+    pub paused_pct: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +138,9 @@ pub struct Report {
     pub failed: usize,
     pub tracks_expected: usize,
     pub tracks_received: usize,
+    /// Tracks the server reported paused at the end (or resumed less than
+    /// a second before): neither expected nor missing.
+    pub tracks_paused_at_end: usize,
     pub loss_pct: f64,
     pub frame_loss_pct: f64,
     pub freezes: u64,
@@ -63,6 +149,30 @@ pub struct Report {
     pub bad_layer_switches: u64,
     /// Frames that arrived with another length than they were sent: must be 0.
     pub corrupt_frames: u64,
+    /// Received video frames on another simulcast layer than the frame
+    /// before (with or without a keyframe).
+    pub layer_switches: u64,
+    /// Received video time per layer, percent (simulcast runs only): what
+    /// the server chose to forward.
+    pub layer_share_pct: Option<LayerShare>,
+    /// Share of watched (subscribed and not paused by the participant)
+    /// video track-seconds that the server reported paused
+    /// (`track_paused` .. `track_resumed`). Paused time is not loss.
+    pub tracks_paused_pct: f64,
+    pub pause_events: u64,
+    pub resume_events: u64,
+    /// Video picked up after a pause on a frame that was no keyframe
+    /// (undecodable until the next one; loss of the keyframe can cause it).
+    pub resumes_without_keyframe: u64,
+    /// Simulcast layers publishers stopped or restarted on `publish_layers`
+    /// (dynacast).
+    pub publish_layer_changes: u64,
+    /// `speakers_changed` signals received, all participants together.
+    pub speakers_changed: u64,
+    /// Share of sampled seconds in which the reported dominant speaker was
+    /// one of the scenario's current speakers (the 2 s after each rotation
+    /// not sampled); `None` if no speaker was ever reported.
+    pub dominant_speaker_match_pct: Option<f64>,
     pub jitter_ms: P2,
     pub latency_ms: P3,
     pub join_ms: P2,
@@ -76,8 +186,30 @@ pub struct Report {
     /// This load generator's CPU, % of one core: near the machine's cores,
     /// the generator (not the server) may be what broke.
     pub loadgen_cpu_pct: Option<f64>,
+    /// The server's `media.allocator` ("on"/"off"; null for other targets).
+    pub server_allocator: Option<String>,
+    pub server_bwe_initial_kbps: Option<u32>,
+    /// Whether those settings were written into the config of a server this
+    /// tool started ("spawned"), or only stated for a running one ("stated").
+    pub server_mode_source: String,
     pub downlink_kbps: Option<u32>,
     pub downlink_drops: u64,
+    /// Subscribers with a measured rate.
+    pub subscribers_measured: usize,
+    /// Across subscribers (p95 and max of): each subscriber's mean RTP rate
+    /// over the measurement window as it arrived at its socket, before the
+    /// emulated bottleneck: what the server pushed into it, kbit/s.
+    pub server_sent_kbps_mean: Spread,
+    /// Across subscribers: each one's 95th percentile 1-s rate, before the
+    /// bottleneck, kbit/s.
+    pub server_sent_kbps_p95: Spread,
+    /// As `server_sent_*`, after the bottleneck: what the subscriber got.
+    pub received_kbps_mean: Spread,
+    pub received_kbps_p95: Spread,
+    /// With `--downlink-kbps N`: subscribers whose mean server-sent rate
+    /// exceeded N (each one is a violation: the server sent more than the
+    /// link carries).
+    pub sent_over_bottleneck: Option<usize>,
     pub max_loss_pct: f64,
     pub max_p99_latency_ms: f64,
     pub passed: bool,
@@ -100,8 +232,15 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    100.0 * part as f64 / whole as f64
+}
+
 impl Report {
-    pub fn build(sc: &Scenario, target: &str, data: RunData) -> Report {
+    pub fn build(sc: &Scenario, target: &str, server: &ServerMode, data: RunData) -> Report {
         let (w0, w1) = data.window;
         let secs = (w1 - w0).max(1e-3);
         // Whole seconds inside the measurement window.
@@ -125,6 +264,7 @@ impl Report {
                 server_cpu_pct: s.server_cpu_pct.map(round2),
                 server_rss_mb: s.server_rss_mb.map(round2),
                 loadgen_cpu_pct: s.loadgen_cpu_pct.map(round2),
+                paused_pct: round2(pct(m.paused_us, m.video_track_us)),
             };
             series.push(row);
             if (first..last).contains(&t) {
@@ -155,6 +295,16 @@ impl Report {
             .collect();
         let tracks_expected = outcomes.iter().map(|o| o.tracks_expected).sum();
         let tracks_received = outcomes.iter().map(|o| o.tracks_received).sum();
+        let rates = SubscriberRates::from_samples(&total.rates);
+        let over = sc.downlink_kbps.map(|n| {
+            rates
+                .sent_mean
+                .iter()
+                .filter(|&&k| k > f64::from(n))
+                .count()
+        });
+        let layer_time: u64 = total.layer_us.iter().sum();
+        let layer_pct = |i: usize| round2(pct(total.layer_us[i], layer_time));
         let loss = round2(loss_pct(total.packets, total.packets_expected));
         let frame_loss = round2(loss_pct(total.frames, total.frames + total.frames_lost));
         let p99 = ms(percentile(&mut total.latency_us, 0.99));
@@ -178,6 +328,16 @@ impl Report {
             violations.push(format!(
                 "{} video frames switched simulcast layer without a keyframe",
                 total.bad_switches
+            ));
+        }
+        if let (Some(n), Some(k)) = (sc.downlink_kbps, over)
+            && k > 0
+        {
+            let max = rates.sent_mean.iter().copied().fold(0.0, f64::max);
+            violations.push(format!(
+                "sent_over_bottleneck: {k} of {} subscribers were sent more than {n} kbit/s on average (max {} kbit/s)",
+                rates.sent_mean.len(),
+                round2(max)
             ));
         }
         if loss > sc.max_loss_pct {
@@ -204,11 +364,26 @@ impl Report {
             failed: failures.len(),
             tracks_expected,
             tracks_received,
+            tracks_paused_at_end: outcomes.iter().map(|o| o.tracks_paused).sum(),
             loss_pct: loss,
             frame_loss_pct: frame_loss,
             freezes: total.freezes,
             bad_layer_switches: total.bad_switches,
             corrupt_frames: total.corrupt_frames,
+            layer_switches: total.layer_switches,
+            layer_share_pct: (sc.simulcast && layer_time > 0).then(|| LayerShare {
+                q: layer_pct(0),
+                h: layer_pct(1),
+                f: layer_pct(2),
+            }),
+            tracks_paused_pct: round2(pct(total.paused_us, total.video_track_us)),
+            pause_events: total.pause_events,
+            resume_events: total.resume_events,
+            resumes_without_keyframe: total.resumes_without_keyframe,
+            publish_layer_changes: total.publish_layer_changes,
+            speakers_changed: total.speakers_changed,
+            dominant_speaker_match_pct: (total.dominant_checks > 0)
+                .then(|| round2(pct(total.dominant_matches, total.dominant_checks))),
             jitter_ms: P2 {
                 p50: ms(percentile(&mut total.jitter_us, 0.5)),
                 p99: ms(percentile(&mut total.jitter_us, 0.99)),
@@ -235,8 +410,19 @@ impl Report {
             server_rss_mb: data.server_peak_rss_mb.map(round2),
             loadgen_cpu_pct: (!gen_cpu.is_empty())
                 .then(|| round2(gen_cpu.iter().sum::<f64>() / gen_cpu.len() as f64)),
+            server_allocator: server
+                .allocator
+                .map(|on| if on { "on" } else { "off" }.to_string()),
+            server_bwe_initial_kbps: server.bwe_initial_kbps,
+            server_mode_source: if server.applied { "spawned" } else { "stated" }.into(),
             downlink_kbps: sc.downlink_kbps,
             downlink_drops: total.shaper_drops,
+            subscribers_measured: rates.sent_mean.len(),
+            server_sent_kbps_mean: Spread::of(rates.sent_mean),
+            server_sent_kbps_p95: Spread::of(rates.sent_p95),
+            received_kbps_mean: Spread::of(rates.received_mean),
+            received_kbps_p95: Spread::of(rates.received_p95),
+            sent_over_bottleneck: over,
             max_loss_pct: sc.max_loss_pct,
             max_p99_latency_ms: sc.max_p99_latency_ms,
             passed: violations.is_empty(),
@@ -275,14 +461,50 @@ impl Report {
             ("measured for", format!("{} s", self.duration_s)),
             (
                 "tracks received / expected",
-                format!("{} / {}", self.tracks_received, self.tracks_expected),
+                format!(
+                    "{} / {}  ({} paused by the server at the end)",
+                    self.tracks_received, self.tracks_expected, self.tracks_paused_at_end
+                ),
             ),
             ("packet loss", format!("{} %", self.loss_pct)),
             (
                 "frame loss",
                 format!(
-                    "{} %  ({} freezes, {} layer switches without a keyframe, {} corrupt)",
-                    self.frame_loss_pct, self.freezes, self.bad_layer_switches, self.corrupt_frames
+                    "{} %  ({} freezes, {} layer switches without a keyframe, {} corrupt, {} resumed without a keyframe)",
+                    self.frame_loss_pct,
+                    self.freezes,
+                    self.bad_layer_switches,
+                    self.corrupt_frames,
+                    self.resumes_without_keyframe
+                ),
+            ),
+            (
+                "video paused by the server",
+                format!(
+                    "{} % of watched video time  ({} pauses, {} resumes)",
+                    self.tracks_paused_pct, self.pause_events, self.resume_events
+                ),
+            ),
+            (
+                "layers",
+                format!(
+                    "{}{} switches; publishers changed {} layers (dynacast)",
+                    self.layer_share_pct
+                        .as_ref()
+                        .map_or(String::new(), |l| format!(
+                            "q / h / f {} / {} / {} % of video time, ",
+                            l.q, l.h, l.f
+                        )),
+                    self.layer_switches,
+                    self.publish_layer_changes
+                ),
+            ),
+            (
+                "active speaker",
+                format!(
+                    "{} speakers_changed; dominant is a scenario speaker in {} % of seconds",
+                    self.speakers_changed,
+                    opt(self.dominant_speaker_match_pct)
                 ),
             ),
             (
@@ -331,6 +553,35 @@ impl Report {
                 ),
             ),
             (
+                "server config",
+                format!(
+                    "allocator {}, bwe_initial_kbps {} ({})",
+                    self.server_allocator.as_deref().unwrap_or("n/a"),
+                    self.server_bwe_initial_kbps
+                        .map_or("default".to_string(), |k| k.to_string()),
+                    if self.server_mode_source == "spawned" {
+                        "written into the spawned server's config"
+                    } else {
+                        "as stated on the command line; a running server's config is not checked"
+                    }
+                ),
+            ),
+            (
+                "subscriber kbit/s p95 / max",
+                format!(
+                    "server sent {} / {} (mean), {} / {} (1-s p95); received {} / {} (mean), {} / {} (1-s p95); {} subscribers",
+                    opt(self.server_sent_kbps_mean.p95),
+                    opt(self.server_sent_kbps_mean.max),
+                    opt(self.server_sent_kbps_p95.p95),
+                    opt(self.server_sent_kbps_p95.max),
+                    opt(self.received_kbps_mean.p95),
+                    opt(self.received_kbps_mean.max),
+                    opt(self.received_kbps_p95.p95),
+                    opt(self.received_kbps_p95.max),
+                    self.subscribers_measured
+                ),
+            ),
+            (
                 "load generator",
                 format!(
                     "CPU {} % on {} cores",
@@ -343,8 +594,9 @@ impl Report {
             rows.push((
                 "downlink",
                 format!(
-                    "{k} kbit/s per subscriber, {} datagrams dropped",
-                    self.downlink_drops
+                    "{k} kbit/s per subscriber, {} datagrams dropped, {} subscribers sent more on average",
+                    self.downlink_drops,
+                    self.sent_over_bottleneck.unwrap_or(0)
                 ),
             ));
         }
@@ -388,6 +640,11 @@ impl Report {
                 r.server_cpu_pct
             }),
             chart("Server RSS (MiB)", &self.series, |r| r.server_rss_mb),
+            chart(
+                "Watched video paused by the server (%)",
+                &self.series,
+                |r| Some(r.paused_pct),
+            ),
             chart("Load generator CPU (% of one core)", &self.series, |r| {
                 r.loadgen_cpu_pct
             }),
@@ -458,4 +715,40 @@ fn chart(title: &str, rows: &[SecondRow], value: impl Fn(&SecondRow) -> Option<f
         top = max_v / 1.1,
         pts = path.join(" "),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriber_rates_are_per_subscriber_before_and_after_the_bottleneck() {
+        let sample = |subscriber, sent_kbit: u64, received_kbit: u64| RateSample {
+            subscriber,
+            server_sent: sent_kbit * 1000 / 8,
+            received: received_kbit * 1000 / 8,
+            interval_us: 1_000_000,
+        };
+        let mut samples = Vec::new();
+        for k in 0..20 {
+            samples.push(sample(1, 400 + k, 300));
+            samples.push(sample(2, 200, 200));
+        }
+        samples.push(sample(2, 2000, 300));
+        let r = SubscriberRates::from_samples(&samples);
+        let mut sent = r.sent_mean.clone();
+        sent.sort_by(f64::total_cmp);
+        assert_eq!(sent.len(), 2);
+        assert!(
+            (sent[0] - (200.0 * 20.0 + 2000.0) / 21.0).abs() < 1e-6,
+            "{sent:?}"
+        );
+        assert!((sent[1] - 409.5).abs() < 1e-6, "{sent:?}");
+        let mut p95 = r.sent_p95.clone();
+        p95.sort_by(f64::total_cmp);
+        assert_eq!(p95, vec![200.0, 418.0]);
+        assert!(r.received_mean.iter().all(|&k| k <= 305.0));
+        let s = Spread::of(r.sent_mean);
+        assert_eq!(s.max, Some(409.5));
+    }
 }

@@ -41,6 +41,7 @@ pub struct Outcome {
     pub tracks_expected: usize,
     pub tracks_received: usize,
     pub missing: Vec<TrackKey>,
+    pub tracks_paused: usize,
     pub server_errors: Vec<String>,
 }
 
@@ -98,6 +99,7 @@ impl ParticipantRun {
         o.tracks_expected = s.tracks_expected;
         o.tracks_received = s.tracks_received;
         o.missing = s.missing;
+        o.tracks_paused = s.tracks_paused;
         o
     }
 }

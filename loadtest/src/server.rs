@@ -52,8 +52,47 @@ pub fn find_stamma(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// How to configure a spawned server's media plane.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnOptions {
+    /// Media workers (default: one per core).
+    pub workers: Option<usize>,
+    /// `media.allocator`: false forwards every track's top layer to every
+    /// subscriber (the baseline the allocator is compared with).
+    pub allocator: bool,
+    /// `media.bwe_initial_kbps` (default: the server's).
+    pub bwe_initial_kbps: Option<u32>,
+}
+
+/// Environment variables that would override what the spawned server's
+/// config file says about the media plane; removed, so the report's
+/// statement of how the server ran is true.
+const MEDIA_ENV: [&str; 2] = ["STAMMA_MEDIA_ALLOCATOR", "STAMMA_MEDIA_BWE_INITIAL_KBPS"];
+
+/// The spawned server's config file.
+fn config_toml(http_port: u16, opts: &SpawnOptions, api_key: &str, secret: &str) -> String {
+    let mut config = format!(
+        "[http]\nbind = \"127.0.0.1:{http_port}\"\n\n[media]\nbind_ip = \"127.0.0.1\"\nport = 0\nmax_participants_per_room = 1000\n"
+    );
+    if let Some(w) = opts.workers {
+        config.push_str(&format!("workers = {w}\n"));
+    }
+    // Only the non-default is written: a server built before the setting
+    // existed still starts with the default.
+    if !opts.allocator {
+        config.push_str("allocator = false\n");
+    }
+    if let Some(k) = opts.bwe_initial_kbps {
+        config.push_str(&format!("bwe_initial_kbps = {k}\n"));
+    }
+    config.push_str(&format!(
+        "\n[[keys]]\nid = \"{api_key}\"\nsecret = \"{secret}\"\n"
+    ));
+    config
+}
+
 /// Start `stamma serve` on loopback with a fresh key, and wait until it is up.
-pub async fn spawn(bin: &Path, workers: Option<usize>) -> anyhow::Result<SpawnedServer> {
+pub async fn spawn(bin: &Path, opts: &SpawnOptions) -> anyhow::Result<SpawnedServer> {
     let http_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let dir = std::env::temp_dir().join(format!(
         "stamma-loadtest-{}-{http_port}",
@@ -62,19 +101,15 @@ pub async fn spawn(bin: &Path, workers: Option<usize>) -> anyhow::Result<Spawned
     std::fs::create_dir_all(&dir)?;
     let secret = stamma_proto::random_token(48);
     let api_key = "loadtest".to_string();
-    let mut config = format!(
-        "[http]\nbind = \"127.0.0.1:{http_port}\"\n\n[media]\nbind_ip = \"127.0.0.1\"\nport = 0\nmax_participants_per_room = 1000\n"
-    );
-    if let Some(w) = workers {
-        config.push_str(&format!("workers = {w}\n"));
-    }
-    config.push_str(&format!(
-        "\n[[keys]]\nid = \"{api_key}\"\nsecret = \"{secret}\"\n"
-    ));
+    let config = config_toml(http_port, opts, &api_key, &secret);
     let path = dir.join("stamma.toml");
     std::fs::write(&path, config)?;
     let log = std::fs::File::create(dir.join("stamma.log"))?;
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    for v in MEDIA_ENV {
+        cmd.env_remove(v);
+    }
+    let child = cmd
         .arg("serve")
         .arg("--config")
         .arg(&path)
@@ -142,6 +177,23 @@ pub fn sample(pid: u32) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_says_allocator_off_only_when_asked() {
+        let mut o = SpawnOptions {
+            workers: Some(2),
+            allocator: true,
+            bwe_initial_kbps: None,
+        };
+        let on = config_toml(8080, &o, "k", "s");
+        assert!(on.contains("workers = 2\n") && !on.contains("allocator"));
+        o.allocator = false;
+        o.bwe_initial_kbps = Some(800);
+        let off = config_toml(8080, &o, "k", "s");
+        let media = &off[off.find("[media]").unwrap_or(0)..off.find("[[keys]]").unwrap_or(0)];
+        assert!(media.contains("allocator = false\n"), "{off}");
+        assert!(media.contains("bwe_initial_kbps = 800\n"), "{off}");
+    }
 
     #[test]
     fn samples_this_process() {

@@ -1,7 +1,7 @@
 //! A participant against Stämma: protocol v1 over the WebSocket
 //! (docs/protocol.md), one str0m peer for everything it sends and receives.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use stamma_client::signal::SignalClient;
 use stamma_proto::{
     ClientSignal, Grant, MediaKind as WireKind, ParticipantInfo, PublishedTrack, Role,
-    ServerSignal, TrackInfo, TrackSource,
+    ServerSignal, TrackInfo, TrackSource, VideoQuality,
 };
 use str0m::media::MediaKind;
 use tokio::sync::watch;
@@ -17,7 +17,8 @@ use tracing::debug;
 
 use crate::peer::{self, Shared, TrackKey};
 use crate::run::{Outcome, ParticipantRun};
-use crate::scenario::{ParticipantPlan, Subscribe};
+use crate::scenario::{ParticipantPlan, Scenario, Subscribe};
+use crate::stats::Delta;
 
 pub struct StammaTarget {
     /// http(s):// base of the server.
@@ -30,6 +31,13 @@ pub struct StammaTarget {
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Below the server's idle timeout.
 const PING_EVERY: Duration = Duration::from_secs(15);
+/// How often the reported dominant speaker is compared with the scenario's.
+const DOMINANT_SAMPLE: Duration = Duration::from_secs(1);
+/// After the scenario rotates its speakers, the server's detector (which
+/// smooths audio levels) gets this long to follow before it is judged.
+const DOMINANT_GRACE: Duration = Duration::from_secs(2);
+/// At most this many track ids per `subscription` signal (the server takes 256).
+const SUBSCRIPTION_CHUNK: usize = 200;
 
 pub async fn participant(
     target: Arc<StammaTarget>,
@@ -45,13 +53,21 @@ pub async fn participant(
 /// Room-local bookkeeping of who is who.
 #[derive(Default)]
 struct Room {
+    /// Our own load-test index: our tracks are never subscription targets.
+    me: u32,
     /// participant id → load-test index.
     senders: HashMap<String, u32>,
     /// track id → which track.
     tracks: HashMap<String, TrackKey>,
     /// Tracks whose delivery is paused now.
     paused: HashSet<String>,
-    /// Tracks or the grid page changed since pauses were last worked out.
+    /// The quality last asked for, per video track.
+    quality: HashMap<String, VideoQuality>,
+    /// The speaker shown large (high quality): the last dominant speaker
+    /// reported, kept while nobody speaks, as a meeting client does.
+    dominant: Option<u32>,
+    /// Tracks, the grid page or the dominant speaker changed since the
+    /// subscription settings were last worked out.
     changed: bool,
 }
 
@@ -73,15 +89,22 @@ impl Room {
         }
     }
 
-    /// Which tracks to pause and resume for a grid page (`None`: all
-    /// watched) or for watching nothing.
-    fn changes(&mut self, watch_all: bool, page: Option<&[u32]>) -> (Vec<String>, Vec<String>) {
-        let mut pause = Vec::new();
-        let mut resume = Vec::new();
+    /// The `subscription` signals that bring the server up to date: pause
+    /// and resume for a grid page (`None`: all watched) or for watching
+    /// nothing; and, when watching, every video tile at low quality but the
+    /// dominant speaker's, which is shown large. Tracks needing the same
+    /// settings share one signal, so a join costs one message, not two
+    /// (the server limits clients to 20 a second).
+    fn changes(&mut self, watch_all: bool, page: Option<&[u32]>) -> Vec<ClientSignal> {
         if !std::mem::take(&mut self.changed) {
-            return (pause, resume);
+            return Vec::new();
         }
+        let mut groups: BTreeMap<(Option<bool>, Option<VideoQuality>), Vec<String>> =
+            BTreeMap::new();
         for (id, key) in &self.tracks {
+            if key.sender == self.me {
+                continue;
+            }
             let want = if !watch_all {
                 false
             } else if !key.video {
@@ -90,19 +113,85 @@ impl Room {
                 page.is_none_or(|p| p.contains(&key.sender))
             };
             let paused = self.paused.contains(id);
-            if want && paused {
-                resume.push(id.clone());
-            } else if !want && !paused {
-                pause.push(id.clone());
+            let enabled = (want == paused).then_some(want);
+            let quality = if watch_all && key.video {
+                let q = if self.dominant == Some(key.sender) {
+                    VideoQuality::High
+                } else {
+                    VideoQuality::Low
+                };
+                (self.quality.get(id) != Some(&q)).then_some(q)
+            } else {
+                None
+            };
+            if enabled.is_none() && quality.is_none() {
+                continue;
+            }
+            match enabled {
+                Some(true) => {
+                    self.paused.remove(id);
+                }
+                Some(false) => {
+                    self.paused.insert(id.clone());
+                }
+                None => {}
+            }
+            if let Some(q) = quality {
+                self.quality.insert(id.clone(), q);
+            }
+            groups
+                .entry((enabled, quality))
+                .or_default()
+                .push(id.clone());
+        }
+        let mut out = Vec::new();
+        for ((enabled, quality), mut ids) in groups {
+            // Stable order, for the server's logs and for tests.
+            ids.sort_unstable();
+            for chunk in ids.chunks(SUBSCRIPTION_CHUNK) {
+                out.push(ClientSignal::Subscription {
+                    track_ids: chunk.to_vec(),
+                    enabled,
+                    quality,
+                    width: None,
+                    height: None,
+                    pinned: None,
+                });
             }
         }
-        for id in &pause {
-            self.paused.insert(id.clone());
+        out
+    }
+
+    fn forget_track(&mut self, id: &str) {
+        self.tracks.remove(id);
+        self.paused.remove(id);
+        self.quality.remove(id);
+    }
+}
+
+/// What one participant saw of active-speaker detection.
+#[derive(Default)]
+struct SpeakerView {
+    /// `None` before the first `speakers_changed`; after it, the first
+    /// speaker of the last one (`None`: nobody speaking, or not one of ours).
+    reported: Option<Option<u32>>,
+}
+
+impl SpeakerView {
+    /// One sample: `Some(matched)` if it counts (a dominant speaker has been
+    /// reported and the scenario's speakers are not just rotating).
+    fn sample(&self, sc: &Scenario, room: usize, elapsed: Duration) -> Option<bool> {
+        let reported = self.reported?;
+        let turn = sc.speaker_turn.as_micros().max(1);
+        let since_rotation = Duration::from_micros((elapsed.as_micros() % turn) as u64);
+        if since_rotation < DOMINANT_GRACE {
+            return None;
         }
-        for id in &resume {
-            self.paused.remove(id);
-        }
-        (pause, resume)
+        let room_start = (room * sc.participants) as u32;
+        Some(reported.is_some_and(|d| {
+            d.checked_sub(room_start)
+                .is_some_and(|local| sc.speaking(local as usize, elapsed))
+        }))
     }
 }
 
@@ -138,7 +227,10 @@ async fn session(
     .await
     .map_err(|_| anyhow!("join timed out"))?
     .context("joining")?;
-    let mut room = Room::default();
+    let mut room = Room {
+        me: plan.index,
+        ..Room::default()
+    };
     room.learn_participant(&me);
     for p in &others {
         room.learn_participant(p);
@@ -187,21 +279,19 @@ async fn session(
     .await;
     let mut shift_at = tokio::time::Instant::now() + sc.grid_shift;
     let mut ping_at = tokio::time::Instant::now() + PING_EVERY;
+    let mut sample_at = tokio::time::Instant::now() + DOMINANT_SAMPLE;
+    let mut own_video: Option<String> = None;
+    let mut speakers = SpeakerView::default();
+    // Counters from signals, handed to the collector with the time they
+    // happened, like the peers' media counters.
+    let record = |f: &dyn Fn(&mut Delta)| {
+        let mut d = Delta::default();
+        f(&mut d);
+        shared.collector.record(Instant::now(), d);
+    };
     loop {
-        let (pause, resume) = room.changes(watch_all, current.as_deref());
-        for (ids, enabled) in [(pause, false), (resume, true)] {
-            for chunk in ids.chunks(200) {
-                client
-                    .send(&ClientSignal::Subscription {
-                        track_ids: chunk.to_vec(),
-                        enabled: Some(enabled),
-                        quality: None,
-                        width: None,
-                        height: None,
-                        pinned: None,
-                    })
-                    .await?;
-            }
+        for signal in room.changes(watch_all, current.as_deref()) {
+            client.send(&signal).await?;
         }
         tokio::select! {
             s = client.recv() => {
@@ -229,15 +319,38 @@ async fn session(
                         let answer = peer.accept_offer(sdp, keys).await.map_err(|e| anyhow!(e))?;
                         client.send(&ClientSignal::Answer { id, sdp: answer }).await?;
                     }
-                    ServerSignal::Answer { sdp, .. } => {
+                    ServerSignal::Answer { sdp, tracks } => {
                         peer.answer(sdp).await.map_err(|e| anyhow!(e))?;
                         pending = false;
+                        if let Some(t) = tracks.iter().find(|t| t.kind == WireKind::Video) {
+                            own_video = Some(t.id.clone());
+                        }
                     }
                     ServerSignal::ParticipantJoined { participant } => room.learn_participant(&participant),
                     ServerSignal::TrackPublished { track } => room.learn_track(&track),
-                    ServerSignal::TrackUnpublished { track_id, .. } => {
-                        room.tracks.remove(&track_id);
-                        room.paused.remove(&track_id);
+                    ServerSignal::TrackUnpublished { track_id, .. } => room.forget_track(&track_id),
+                    ServerSignal::TrackPaused { track_id, .. } => {
+                        server_pause(&room, peer, plan, &track_id, true).await;
+                    }
+                    ServerSignal::TrackResumed { track_id, .. } => {
+                        server_pause(&room, peer, plan, &track_id, false).await;
+                    }
+                    ServerSignal::SpeakersChanged { speakers: list } => {
+                        record(&|d| d.speakers_changed += 1);
+                        let first = list.first().and_then(|s| room.senders.get(&s.participant_id).copied());
+                        speakers.reported = Some(first);
+                        // Nobody speaking keeps the last speaker on the stage.
+                        if first.is_some() && first != room.dominant {
+                            room.dominant = first;
+                            room.changed = true;
+                        }
+                    }
+                    ServerSignal::PublishLayers { track_id, layers } => {
+                        if own_video.as_deref() == Some(track_id.as_str()) {
+                            peer.publish_layers(layers.into_iter().map(|l| (l.rid, l.active)).collect()).await;
+                        } else {
+                            debug!(participant = plan.index, %track_id, "publish_layers for a track not our camera");
+                        }
                     }
                     ServerSignal::Error { code, message } => {
                         debug!(participant = plan.index, ?code, %message, "server error");
@@ -255,6 +368,16 @@ async fn session(
                 }
                 shift_at += sc.grid_shift;
             }
+            _ = tokio::time::sleep_until(sample_at) => {
+                sample_at += DOMINANT_SAMPLE;
+                let elapsed = Instant::now().saturating_duration_since(shared.epoch);
+                if let Some(matched) = speakers.sample(sc, plan.room, elapsed) {
+                    record(&|d| {
+                        d.dominant_checks += 1;
+                        d.dominant_matches += u64::from(matched);
+                    });
+                }
+            }
             _ = tokio::time::sleep_until(ping_at) => {
                 client.send(&ClientSignal::Ping { ts: shared.micros(Instant::now()) }).await?;
                 ping_at += PING_EVERY;
@@ -269,4 +392,124 @@ async fn session(
         bail!("the server never answered our offer");
     }
     Ok(())
+}
+
+/// Tell the peer the server paused or resumed one of the tracks we receive.
+async fn server_pause(
+    room: &Room,
+    peer: &peer::PeerHandle,
+    plan: ParticipantPlan,
+    track_id: &str,
+    paused: bool,
+) {
+    match room.tracks.get(track_id) {
+        Some(&key) => peer.server_pause(key, paused).await,
+        None => {
+            debug!(participant = plan.index, %track_id, paused, "pause signal for an unknown track")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Preset;
+
+    fn subscription(s: &ClientSignal) -> (Vec<String>, Option<bool>, Option<VideoQuality>) {
+        match s {
+            ClientSignal::Subscription {
+                track_ids,
+                enabled,
+                quality,
+                ..
+            } => (track_ids.clone(), *enabled, *quality),
+            other => panic!("not a subscription: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tiles_ask_low_quality_and_the_dominant_speaker_high() {
+        let mut room = Room {
+            me: 0,
+            ..Room::default()
+        };
+        for (id, sender, video) in [
+            ("a1", 1, false),
+            ("v1", 1, true),
+            ("v2", 2, true),
+            ("v3", 3, true),
+            ("v0", 0, true),
+        ] {
+            room.tracks.insert(id.into(), TrackKey { sender, video });
+        }
+        room.changed = true;
+        // A page of 1 and 2: 3 is paused; all video low, in one signal per
+        // combination of settings; our own track is left alone.
+        let s: Vec<_> = room
+            .changes(true, Some(&[1, 2]))
+            .iter()
+            .map(subscription)
+            .collect();
+        assert_eq!(
+            s,
+            vec![
+                (
+                    vec!["v1".into(), "v2".into()],
+                    None,
+                    Some(VideoQuality::Low)
+                ),
+                (vec!["v3".into()], Some(false), Some(VideoQuality::Low)),
+            ]
+        );
+        assert!(
+            room.changes(true, Some(&[1, 2])).is_empty(),
+            "nothing changed"
+        );
+        // 2 becomes the dominant speaker, then 3: the one before goes back
+        // to low; quality is set whether or not the tile is on the page.
+        room.dominant = Some(2);
+        room.changed = true;
+        let s: Vec<_> = room
+            .changes(true, Some(&[1, 2]))
+            .iter()
+            .map(subscription)
+            .collect();
+        assert_eq!(s, vec![(vec!["v2".into()], None, Some(VideoQuality::High))]);
+        room.dominant = Some(3);
+        room.changed = true;
+        let s: Vec<_> = room
+            .changes(true, Some(&[1, 2]))
+            .iter()
+            .map(subscription)
+            .collect();
+        assert_eq!(
+            s,
+            vec![
+                (vec!["v2".into()], None, Some(VideoQuality::Low)),
+                (vec!["v3".into()], None, Some(VideoQuality::High)),
+            ]
+        );
+    }
+
+    #[test]
+    fn dominant_speaker_samples_skip_rotations_and_match_the_schedule() {
+        let sc = Scenario::preset(Preset::Meeting50);
+        let mut v = SpeakerView::default();
+        let at = Duration::from_millis(3_000);
+        assert_eq!(v.sample(&sc, 0, at), None, "nothing reported yet");
+        let speaking: Vec<u32> = (0..50).filter(|&l| sc.speaking(l as usize, at)).collect();
+        v.reported = Some(speaking.first().copied());
+        assert_eq!(v.sample(&sc, 0, at), Some(true));
+        let silent = (0..50).find(|&l| !sc.speaking(l as usize, at));
+        v.reported = Some(silent);
+        assert_eq!(v.sample(&sc, 0, at), Some(false));
+        v.reported = Some(None);
+        assert_eq!(v.sample(&sc, 0, at), Some(false), "nobody reported");
+        // Within 2 s of a rotation (every 5 s), not judged.
+        assert_eq!(v.sample(&sc, 0, Duration::from_millis(5_500)), None);
+        // In room 1, indices are offset by the room size.
+        v.reported = Some(speaking.first().map(|l| l + 50));
+        assert_eq!(v.sample(&sc, 1, at), Some(true));
+        assert_eq!(v.sample(&sc, 0, at), Some(false));
+    }
 }

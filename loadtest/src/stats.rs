@@ -29,6 +29,55 @@ pub struct Delta {
     pub bytes: u64,
     /// Datagrams the emulated bottleneck dropped.
     pub shaper_drops: u64,
+    /// Received frames whose simulcast layer differs from the frame before
+    /// (good and bad switches).
+    pub layer_switches: u64,
+    /// Received video per simulcast layer (q, h, f), weighted by how long
+    /// each frame is on screen (µs), so a 15 fps layer is not undercounted.
+    pub layer_us: [u64; 3],
+    /// Watched video track time (µs) and the part of it the server reported
+    /// paused (`track_paused` .. `track_resumed`).
+    pub video_track_us: u64,
+    pub paused_us: u64,
+    pub pause_events: u64,
+    pub resume_events: u64,
+    /// First frames after a pause that skipped frames and were no keyframe.
+    pub resumes_without_keyframe: u64,
+    /// Publisher layers started or stopped on the server's `publish_layers`.
+    pub publish_layer_changes: u64,
+    /// `speakers_changed` signals received.
+    pub speakers_changed: u64,
+    /// Seconds sampled (outside the 2 s after a speaker rotation) in which a
+    /// dominant speaker had been reported, and in how many of them it was one
+    /// of the scenario's current speakers.
+    pub dominant_checks: u64,
+    pub dominant_matches: u64,
+    /// Per subscriber, about once a second: RTP bytes before and after the
+    /// emulated bottleneck.
+    pub rates: Vec<RateSample>,
+}
+
+/// One subscriber's received RTP over one report interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateSample {
+    pub subscriber: u32,
+    /// RTP bytes (SRTP, headers included) that reached the subscriber's
+    /// socket: what the server pushed into the bottleneck.
+    pub server_sent: u64,
+    /// RTP bytes that left the bottleneck to the subscriber's WebRTC stack
+    /// (equal to `server_sent` without `--downlink-kbps`).
+    pub received: u64,
+    /// Length of the interval, µs.
+    pub interval_us: u64,
+}
+
+impl RateSample {
+    pub fn kbps(bytes: u64, us: u64) -> f64 {
+        if us == 0 {
+            return 0.0;
+        }
+        bytes as f64 * 8.0 * 1000.0 / us as f64
+    }
 }
 
 impl Delta {
@@ -44,6 +93,20 @@ impl Delta {
         self.corrupt_frames += d.corrupt_frames;
         self.bytes += d.bytes;
         self.shaper_drops += d.shaper_drops;
+        self.layer_switches += d.layer_switches;
+        for (a, b) in self.layer_us.iter_mut().zip(d.layer_us) {
+            *a += b;
+        }
+        self.video_track_us += d.video_track_us;
+        self.paused_us += d.paused_us;
+        self.pause_events += d.pause_events;
+        self.resume_events += d.resume_events;
+        self.resumes_without_keyframe += d.resumes_without_keyframe;
+        self.publish_layer_changes += d.publish_layer_changes;
+        self.speakers_changed += d.speakers_changed;
+        self.dominant_checks += d.dominant_checks;
+        self.dominant_matches += d.dominant_matches;
+        self.rates.extend(d.rates);
     }
 }
 

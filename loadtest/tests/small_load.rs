@@ -67,12 +67,25 @@ fn six_participants_for_five_seconds_give_a_sane_clean_report() {
     assert!(f(&r, &["server_cpu_pct"]) > 0.0);
     assert!(f(&r, &["server_rss_mb"]) > 1.0);
     assert!(r["series"].as_array().is_some_and(|s| s.len() >= 5));
+    // No bottleneck: every subscriber got what the server sent.
+    assert_eq!(r["server_allocator"], "on");
+    assert_eq!(r["server_mode_source"], "spawned");
+    assert_eq!(f(&r, &["subscribers_measured"]), 6.0);
+    let sent = f(&r, &["server_sent_kbps_mean", "max"]);
+    assert!((1000.0..10_000.0).contains(&sent), "{sent} kbit/s");
+    assert_eq!(sent, f(&r, &["received_kbps_mean", "max"]));
+    assert!(r["sent_over_bottleneck"].is_null());
+    // Whatever the server pauses is accounted, not lost.
+    let paused = f(&r, &["tracks_paused_pct"]);
+    assert!((0.0..=100.0).contains(&paused), "{paused}");
 }
 
 #[test]
 fn a_choked_downlink_breaks_the_bounds_and_exits_1() {
     let dir = tempdir("choked");
-    // Each subscriber receives two 500 kbit/s videos through 300 kbit/s.
+    // Each subscriber receives two 500 kbit/s videos through 300 kbit/s:
+    // with the allocator off the server sends them anyway (an allocator
+    // would pause them instead, which is not what this test is about).
     let (code, r, stdout) = run(
         &dir,
         "choked",
@@ -83,14 +96,25 @@ fn a_choked_downlink_breaks_the_bounds_and_exits_1() {
             "4s",
             "--downlink-kbps",
             "300",
+            "--server-allocator",
+            "off",
         ],
     );
     assert_eq!(code, 1, "{stdout}");
     assert_eq!(r["passed"], false);
+    assert_eq!(r["server_allocator"], "off");
     assert!(f(&r, &["downlink_drops"]) > 0.0);
     assert!(f(&r, &["loss_pct"]) > 1.0, "{r:#}");
+    // The server pushed more than the link carries; the subscriber got at
+    // most what the link drains.
+    assert!(f(&r, &["sent_over_bottleneck"]) >= 1.0, "{r:#}");
+    assert!(f(&r, &["server_sent_kbps_mean", "max"]) > 300.0);
+    assert!(f(&r, &["received_kbps_mean", "max"]) <= 310.0, "{r:#}");
     let why = r["violations"].to_string();
-    assert!(why.contains("loss"), "{why}");
+    assert!(
+        why.contains("loss") && why.contains("sent_over_bottleneck"),
+        "{why}"
+    );
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
