@@ -548,12 +548,18 @@ impl Peer {
     fn drain_downlink(&mut self, now: Instant) {
         let Some(d) = &mut self.downlink else { return };
         let mut ready = Vec::new();
-        while let Some((_, from, data)) = d.pop(now) {
-            ready.push((from, data));
+        while let Some((left_at, from, data)) = d.pop(now) {
+            ready.push((left_at, from, data));
         }
         self.delta.shaper_drops += std::mem::take(&mut d.dropped);
-        for (from, data) in ready {
-            self.input(now, from, &data);
+        // Each datagram arrives when it left the bottleneck, not when this
+        // task woke up: the server's estimator reads the spacing the
+        // bottleneck gave the packets (TWCC arrival times), and stamping a
+        // whole batch with one wake-up time would erase it. Everything popped
+        // here left after the previous wake-up, so str0m's clock never runs
+        // backwards.
+        for (left_at, from, data) in ready {
+            self.input(left_at.min(now), from, &data);
         }
     }
 

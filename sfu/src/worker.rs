@@ -1024,6 +1024,16 @@ impl Worker {
         };
         p.allocation_due = false;
         p.allocated_for_bps = estimate;
+        debug!(
+            participant = %p.id,
+            estimate_kbps = estimate / 1000,
+            audio_kbps = audio_bps / 1000,
+            used_kbps = allocation.used / 1000,
+            wanted_kbps = allocation.wanted / 1000,
+            videos = out.len(),
+            paused = out.iter().filter(|c| c.is_none()).count(),
+            "allocated"
+        );
         let mut keyframes = Vec::new();
         for (&(si, live, _), &chosen) in slots.iter().zip(out.iter()) {
             let s = &mut p.subscriptions[si];
