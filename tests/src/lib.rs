@@ -1,7 +1,10 @@
 //! Harness for the end-to-end tests: a server on ephemeral loopback ports and
 //! participants built on webrtc-rs (a WebRTC stack independent of the server's).
-//! [`sim`] is the in-memory variant: the sans-IO worker with str0m peers.
+//! [`sim`] is the in-memory variant: the sans-IO worker with str0m peers;
+//! [`netsim`] adds a virtual clock and access links with rate, queue, delay
+//! and loss.
 
+pub mod netsim;
 pub mod sim;
 
 use std::collections::HashMap;
