@@ -60,6 +60,8 @@ pub struct Participant {
     pub allocation_due: bool,
     /// The (minimum, desired) rates last given to str0m's estimator.
     pub bwe_targets: (u64, u64),
+    /// When the link may next be probed for more bandwidth.
+    pub next_probe: Instant,
 }
 
 impl Participant {
@@ -118,6 +120,7 @@ impl Participant {
             allocated_for_bps: 0,
             allocation_due: true,
             bwe_targets: (0, 0),
+            next_probe: now,
         })
     }
 

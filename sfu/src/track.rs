@@ -91,6 +91,9 @@ pub struct Layer {
     last_keyframe_request: Option<Instant>,
     /// A keyframe request was refused by the throttle: send it when allowed.
     pub keyframe_pending: bool,
+    /// A keyframe arrived since the last request: requests refused now are
+    /// answered by it (it is already on its way to whoever asked).
+    pub keyframe_since_request: bool,
 }
 
 impl Layer {
@@ -105,6 +108,7 @@ impl Layer {
             unwanted_since: Some(now),
             last_keyframe_request: None,
             keyframe_pending: false,
+            keyframe_since_request: false,
         }
     }
 
@@ -123,12 +127,15 @@ impl Layer {
     pub fn allow_keyframe_request(&mut self, now: Instant) -> bool {
         match self.last_keyframe_request {
             Some(t) if now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL => {
-                self.keyframe_pending = true;
+                if !self.keyframe_since_request {
+                    self.keyframe_pending = true;
+                }
                 false
             }
             _ => {
                 self.last_keyframe_request = Some(now);
                 self.keyframe_pending = false;
+                self.keyframe_since_request = false;
                 true
             }
         }
@@ -284,6 +291,11 @@ mod tests {
         assert!(l.allow_keyframe_request(now));
         assert!(!l.allow_keyframe_request(now + Duration::from_millis(100)));
         assert!(l.keyframe_pending);
+        // A keyframe that arrives answers what was held back.
+        l.keyframe_pending = false;
+        l.keyframe_since_request = true;
+        assert!(!l.allow_keyframe_request(now + Duration::from_millis(150)));
+        assert!(!l.keyframe_pending);
         assert!(l.allow_keyframe_request(now + KEYFRAME_REQUEST_INTERVAL));
         assert!(!l.keyframe_pending);
     }

@@ -57,6 +57,8 @@ pub const DYNACAST_GRACE: Duration = Duration::from_secs(2);
 /// The estimator is always asked to find at least this much, so a
 /// subscriber with nothing to receive yet still learns its link.
 const MIN_DESIRED_BPS: u64 = 300_000;
+/// How often a subscriber whose wanted video does not fit is probed for more.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Packets and age of the per-subscription retransmission cache (str0m's defaults).
 const RTX_CACHE_PACKETS: usize = 1024;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
@@ -1073,16 +1075,35 @@ impl Worker {
                 p.send(signal);
             }
         }
-        if self.config.allocator {
-            // Ask the estimator to probe towards what the subscriber would
-            // like, so layers can go up when the link allows.
-            let desired = (allocation.wanted + audio_bps).max(MIN_DESIRED_BPS);
-            let (_, old) = p.bwe_targets;
-            if desired.abs_diff(old) * 10 > old {
-                p.bwe_targets = (0, desired);
-                p.rtc
-                    .bwe()
-                    .set_bitrate(Bitrate::bps(0), Bitrate::bps(desired));
+        if self.config.allocator && p.bwe_bps.is_some() {
+            // Probe before up-switching: while something the subscriber wants
+            // does not fit, ask the estimator for more than it has; str0m
+            // sends a probe cluster when the desired rate rises above the
+            // estimate. At most every PROBE_INTERVAL.
+            let wanted = (allocation.wanted + audio_bps).max(MIN_DESIRED_BPS);
+            // Sustain the allocated rate with padding where media falls short
+            // (notably while an up-switch waits for its keyframe), so the
+            // rate the estimator has seen acknowledged is the new one when
+            // the keyframe's burst arrives.
+            let minimum = allocation.used + audio_bps;
+            let short = minimum < wanted;
+            let mut bwe = p.rtc.bwe();
+            let mut touched = false;
+            if short && now >= p.next_probe {
+                p.next_probe = now + PROBE_INTERVAL;
+                // Lowering first makes the raise count as new.
+                bwe.set_bitrate(Bitrate::bps(minimum.min(estimate)), Bitrate::bps(estimate));
+                p.bwe_targets = (minimum, wanted.max(estimate));
+                touched = true;
+            } else if p.bwe_targets.1 != wanted
+                || minimum.abs_diff(p.bwe_targets.0) * 10 > p.bwe_targets.0
+            {
+                p.bwe_targets = (minimum, wanted);
+                touched = true;
+            }
+            if touched {
+                let (min, desired) = p.bwe_targets;
+                bwe.set_bitrate(Bitrate::bps(min.min(desired)), Bitrate::bps(desired));
                 self.drain(key);
             }
         }
@@ -1481,6 +1502,7 @@ impl Worker {
                 .is_some_and(|d| d.starts_keyframe(&pkt.payload));
         if starts_keyframe {
             l.keyframe_pending = false;
+            l.keyframe_since_request = true;
         }
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
@@ -1604,10 +1626,6 @@ impl Worker {
             if let Some(patch) = patch {
                 write = write.vp8_patch(patch);
             }
-            // Publishers already pace their media, and the Allocator keeps
-            // each subscriber under its estimate: pacing again would only
-            // add delay. str0m's pacer still spaces probes and padding.
-            tx.set_unpaced(true);
             if configure {
                 // str0m stops answering NACKs once retransmissions pass a
                 // share of the stream, and counts probe padding (old packets

@@ -10,7 +10,16 @@ const SECOND: Duration = Duration::from_secs(1);
 /// A publisher on a 5 Mbit/s link and subscribers with the given downlinks
 /// (5 Mbit/s up), connected, at virtual time 1 s.
 fn meeting(video: Video, downlinks: &[LinkConfig], net: NetConfig) -> anyhow::Result<NetSim> {
-    let mut sim = NetSim::with_net(NetSim::config(), net)?;
+    meeting_with(NetSim::config(), video, downlinks, net)
+}
+
+fn meeting_with(
+    config: stamma_sfu::SfuConfig,
+    video: Video,
+    downlinks: &[LinkConfig],
+    net: NetConfig,
+) -> anyhow::Result<NetSim> {
+    let mut sim = NetSim::with_net(config, net)?;
     sim.add_publisher(Publish::video(video), Links::symmetric(5_000))?;
     for d in downlinks {
         sim.add_subscriber(Links {
@@ -102,7 +111,6 @@ fn subscribers_on_fast_links_receive_video_continuously() -> anyhow::Result<()> 
 /// the same outgoing stream, so sequence numbers jump between the layers'
 /// number spaces and the receiving str0m discards most packets.
 #[test]
-#[ignore = "needs per-layer forwarding (main 77db83b)"]
 fn simulcast_subscribers_on_fast_links_receive_video_continuously() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut sim = meeting(
@@ -125,7 +133,12 @@ fn simulcast_subscribers_on_fast_links_receive_video_continuously() -> anyhow::R
 
 #[test]
 fn a_300_kbps_downlink_never_delivers_more_than_300_kbps() -> anyhow::Result<()> {
-    let mut sim = meeting(
+    // The link model itself: the Allocator is off, so the server pushes the
+    // full 500 kbit/s into the bottleneck.
+    let mut config = NetSim::config();
+    config.allocator = false;
+    let mut sim = meeting_with(
+        config,
         Video::Single,
         &[LinkConfig::kbps(5_000), LinkConfig::kbps(300)],
         NetConfig::default(),
