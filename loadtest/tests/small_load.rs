@@ -42,7 +42,20 @@ fn six_participants_for_five_seconds_give_a_sane_clean_report() {
     let (code, r, stdout) = run(
         &dir,
         "small",
-        &["--participants", "6", "--duration", "5s", "--ramp", "20"],
+        // What the tester reports, not the Allocator: its estimate starts
+        // at 1 Mbit/s and takes seconds of probing to carry five videos, so
+        // within 5 s some tiles would still be paused (that ramp is tested
+        // on the virtual clock in tests/tests/layer_selection.rs).
+        &[
+            "--participants",
+            "6",
+            "--duration",
+            "5s",
+            "--ramp",
+            "20",
+            "--server-allocator",
+            "off",
+        ],
     );
     assert_eq!(code, 0, "{stdout}\n{r:#}");
     assert_eq!(r["passed"], true);
@@ -68,7 +81,7 @@ fn six_participants_for_five_seconds_give_a_sane_clean_report() {
     assert!(f(&r, &["server_rss_mb"]) > 1.0);
     assert!(r["series"].as_array().is_some_and(|s| s.len() >= 5));
     // No bottleneck: every subscriber got what the server sent.
-    assert_eq!(r["server_allocator"], "on");
+    assert_eq!(r["server_allocator"], "off");
     assert_eq!(r["server_mode_source"], "spawned");
     assert_eq!(f(&r, &["subscribers_measured"]), 6.0);
     let sent = f(&r, &["server_sent_kbps_mean", "max"]);

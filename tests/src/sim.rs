@@ -60,8 +60,13 @@ impl SimRoom {
             .generate_certificate()
             .context("certificate")?;
         let server: SocketAddr = "198.18.0.1:7881".parse()?;
+        // Without the Allocator there is no estimator and no pacer, so a
+        // packet written is a packet sent: what these tests and the
+        // forwarding bench measure. The Allocator is tested on the virtual
+        // clock in `netsim`.
         let config = SfuConfig {
             max_participants_per_room: 1000,
+            allocator: false,
             ..SfuConfig::default()
         };
         Ok(SimRoom {
