@@ -241,8 +241,15 @@ async fn session(
     run.peer = Some(peer);
     let peer = run.peer.as_ref().ok_or_else(|| anyhow!("no peer"))?;
     let mut pending = false;
+    // The m-line of our camera: `publish_layers` names it, and it is known
+    // before the server has told us the track's id.
+    let mut own_video_mid: Option<String> = None;
     if publishes {
         let (sdp, tracks) = peer.offer().await.map_err(|e| anyhow!(e))?;
+        own_video_mid = tracks
+            .iter()
+            .find(|(_, kind)| *kind == MediaKind::Video)
+            .map(|(mid, _)| mid.to_string());
         let tracks = tracks
             .into_iter()
             .map(|(mid, kind)| {
@@ -345,8 +352,10 @@ async fn session(
                             room.changed = true;
                         }
                     }
-                    ServerSignal::PublishLayers { track_id, layers } => {
-                        if own_video.as_deref() == Some(track_id.as_str()) {
+                    ServerSignal::PublishLayers { track_id, mid, layers } => {
+                        if own_video.as_deref() == Some(track_id.as_str())
+                            || own_video_mid.as_deref() == Some(mid.as_str())
+                        {
                             peer.publish_layers(layers.into_iter().map(|l| (l.rid, l.active)).collect()).await;
                         } else {
                             debug!(participant = plan.index, %track_id, "publish_layers for a track not our camera");

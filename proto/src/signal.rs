@@ -225,6 +225,10 @@ pub enum ServerSignal {
     /// receives the others). Inactive layers may be resumed at any time.
     PublishLayers {
         track_id: String,
+        /// The track's m-line on the publisher's connection: a publisher
+        /// may not know the id yet (the answer to its first offer can come
+        /// before the server sees the m-line's media).
+        mid: String,
         layers: Vec<LayerState>,
     },
     /// Answer to the client's offer; `tracks` gives the id assigned to each published m-line.

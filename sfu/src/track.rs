@@ -86,6 +86,8 @@ pub struct Layer {
     pub last_packet: Option<Instant>,
     /// Whether the publisher was last told to send it (dynacast).
     pub publishing: bool,
+    /// Whether any subscriber takes it (set by the worker's dynacast pass).
+    pub wanted: bool,
     /// Since when no subscriber has wanted it; None while someone does.
     pub unwanted_since: Option<Instant>,
     last_keyframe_request: Option<Instant>,
@@ -105,6 +107,7 @@ impl Layer {
             nominal_bps,
             last_packet: None,
             publishing: true,
+            wanted: false,
             unwanted_since: Some(now),
             last_keyframe_request: None,
             keyframe_pending: false,

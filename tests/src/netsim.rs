@@ -1707,13 +1707,18 @@ impl NetSim {
                     self.learn_track_id(&id, &t.mid, &t.id);
                 }
             }
-            ServerSignal::PublishLayers { track_id, layers } => {
+            ServerSignal::PublishLayers {
+                track_id,
+                mid,
+                layers,
+            } => {
                 let Some(pb) = &mut p.publisher else {
                     return Ok(());
                 };
                 // A publisher alone in the room may not know its track id
-                // yet (see `learn_track_id`); it has only one video track.
-                if pb.video_track_id.is_none() && pb.video_mid.is_some() {
+                // yet (see `learn_track_id`): the m-line names it.
+                if pb.video_track_id.is_none() && pb.video_mid.is_some_and(|m| m.to_string() == mid)
+                {
                     pb.video_track_id = Some(track_id.clone());
                 }
                 if pb.video_track_id.as_deref() != Some(track_id.as_str()) {
