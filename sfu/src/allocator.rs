@@ -43,6 +43,9 @@ pub const UPSWITCH_HEADROOM_PCT: u64 = 115;
 /// the keyframe's queue, and the layer should survive that. Real congestion
 /// takes the estimate far lower.
 pub const HOLD_PCT: u64 = 80;
+/// Share of the budget (percent) one allocation may add in up-switches and
+/// resumes (see `pace_increases`).
+pub const INCREASE_STEP_PCT: u64 = 25;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Allocation {
@@ -129,12 +132,39 @@ pub fn allocate(
             break;
         }
     }
+    pace_increases(budget, demands, order, out);
     let used = demands
         .iter()
         .zip(out.iter())
         .filter_map(|(d, l)| l.map(|l| d.costs[l]))
         .sum();
     Allocation { used, wanted }
+}
+
+/// Every up-switch or resume starts with a keyframe, several times a
+/// frame's size; many at once queue at the subscriber's bottleneck, the
+/// estimator reads that as congestion and cuts, and what was just resumed
+/// is paused again. So one allocation grants increases (in priority order)
+/// worth at most [`INCREASE_STEP_PCT`] of the budget, and always the first;
+/// the rest wait for the next round, which comes within half a second.
+fn pace_increases(budget: u64, demands: &[Demand], order: &[usize], out: &mut [Option<usize>]) {
+    let mut granted = 0u64;
+    let step = budget / 100 * INCREASE_STEP_PCT;
+    for &i in order {
+        let d = &demands[i];
+        let prev_cost = d.previous.map_or(0, |l| d.costs[l.min(MAX_LAYERS - 1)]);
+        let Some(layer) = out[i] else { continue };
+        if d.previous.is_some_and(|p| layer <= p) {
+            continue;
+        }
+        let extra = d.costs[layer].saturating_sub(prev_cost);
+        if granted > 0 && granted + extra > step {
+            // Not this round: stay where it was.
+            out[i] = d.previous.filter(|p| *p < d.layers);
+            continue;
+        }
+        granted += extra.max(1);
+    }
 }
 
 /// The highest layer a subscriber wants of a track with `layers` layers whose
@@ -219,6 +249,34 @@ mod tests {
         // Not enough for everyone: later tiles pause, the speaker does not.
         let (out, _) = run(500_000, &d);
         assert_eq!(out, [Some(0), Some(0), None, Some(0), None]);
+    }
+
+    #[test]
+    fn increases_come_a_quarter_of_the_budget_at_a_time() {
+        // Ten paused tiles and room for all of them: the first round resumes
+        // a quarter of the budget's worth, in grid order.
+        let d = vec![
+            Demand {
+                max_layer: 0,
+                ..grid(None)
+            };
+            10
+        ];
+        let (out, _) = run(2_000_000, &d);
+        let resumed = out.iter().filter(|l| l.is_some()).count();
+        assert_eq!(resumed, 3, "{out:?}");
+        assert_eq!(out[..3], [Some(0); 3]);
+        // Held layers are not increases and are always kept.
+        let d = vec![
+            Demand {
+                max_layer: 0,
+                ..grid(Some(0))
+            };
+            10
+        ];
+        assert!(run(2_000_000, &d).0.iter().all(|l| *l == Some(0)));
+        // A single increase bigger than the step still happens.
+        assert_eq!(run(2_000_000, &[grid(Some(0))]).0, [Some(2)]);
     }
 
     #[test]
