@@ -424,7 +424,18 @@ mod tests {
     use super::*;
     use crate::scenario::Preset;
 
-    fn subscription(s: &ClientSignal) -> (Vec<String>, Option<bool>, Option<VideoQuality>) {
+    type Change = (Vec<String>, Option<bool>, Option<VideoQuality>);
+
+    /// The subscription signals the room would send for page 1–2 now.
+    fn page_changes(room: &mut Room) -> Vec<Change> {
+        room.changed = true;
+        room.changes(true, Some(&[1, 2]))
+            .iter()
+            .map(subscription)
+            .collect()
+    }
+
+    fn subscription(s: &ClientSignal) -> Change {
         match s {
             ClientSignal::Subscription {
                 track_ids,
@@ -451,14 +462,9 @@ mod tests {
         ] {
             room.tracks.insert(id.into(), TrackKey { sender, video });
         }
-        room.changed = true;
         // A page of 1 and 2: 3 is paused; all video low, in one signal per
         // combination of settings; our own track is left alone.
-        let s: Vec<_> = room
-            .changes(true, Some(&[1, 2]))
-            .iter()
-            .map(subscription)
-            .collect();
+        let s = page_changes(&mut room);
         assert_eq!(
             s,
             vec![
@@ -477,20 +483,10 @@ mod tests {
         // 2 becomes the dominant speaker, then 3: the one before goes back
         // to low; quality is set whether or not the tile is on the page.
         room.dominant = Some(2);
-        room.changed = true;
-        let s: Vec<_> = room
-            .changes(true, Some(&[1, 2]))
-            .iter()
-            .map(subscription)
-            .collect();
+        let s = page_changes(&mut room);
         assert_eq!(s, vec![(vec!["v2".into()], None, Some(VideoQuality::High))]);
         room.dominant = Some(3);
-        room.changed = true;
-        let s: Vec<_> = room
-            .changes(true, Some(&[1, 2]))
-            .iter()
-            .map(subscription)
-            .collect();
+        let s = page_changes(&mut room);
         assert_eq!(
             s,
             vec![

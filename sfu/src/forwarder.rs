@@ -120,7 +120,8 @@ impl Forwarder {
                     .last_sent_at
                     .map(|t| now.saturating_duration_since(t))
                     .unwrap_or_default();
-                let ticks = (gap.as_micros() as u64 * u64::from(self.clock_rate) / 1_000_000)
+                let ticks = ((gap.as_micros() as u64).saturating_mul(u64::from(self.clock_rate))
+                    / 1_000_000)
                     .clamp(1, u64::from(u32::MAX / 2)) as u32;
                 self.ts_offset = timestamp.wrapping_sub(self.last_ts.wrapping_add(ticks));
                 if let Some(p) = self.picture_id.as_mut() {

@@ -58,8 +58,8 @@ pub struct Participant {
     pub allocated_for_bps: u64,
     /// Subscriptions, settings or the estimate changed: allocate again.
     pub allocation_due: bool,
-    /// The (minimum, desired) rates last given to str0m's estimator.
-    pub bwe_targets: (u64, u64),
+    /// The desired rate last given to str0m's estimator.
+    pub bwe_desired: u64,
     /// When the link may next be probed for more bandwidth.
     pub next_probe: Instant,
 }
@@ -119,7 +119,7 @@ impl Participant {
             bwe_bps: None,
             allocated_for_bps: 0,
             allocation_due: true,
-            bwe_targets: (0, 0),
+            bwe_desired: 0,
             next_probe: now,
         })
     }

@@ -252,13 +252,6 @@ impl Track {
         Some(i)
     }
 
-    /// Highest layer index at most `max` that is live, else the lowest live one above.
-    pub fn live_layer_at_most(&self, max: usize, now: Instant) -> Option<usize> {
-        (0..=max.min(self.layers.len() - 1))
-            .rev()
-            .find(|&i| self.layers[i].is_live(now))
-    }
-
     pub fn layer_states(&self) -> Vec<LayerState> {
         self.layers
             .iter()

@@ -107,7 +107,9 @@ pub struct Worker {
     demand_slots: Vec<(usize, [bool; MAX_LAYERS], usize)>,
     alloc_order: Vec<usize>,
     alloc_out: Vec<Option<usize>>,
-    keyframes_owed: Vec<(ParticipantKey, Mid, usize)>,
+    /// (publisher, m-line, layer) lists of the tick: owed keyframe
+    /// requests, then dynacast's marks.
+    layer_scratch: Vec<(ParticipantKey, Mid, usize)>,
 }
 
 impl Worker {
@@ -139,7 +141,7 @@ impl Worker {
             demand_slots: Vec::new(),
             alloc_order: Vec::new(),
             alloc_out: Vec::new(),
-            keyframes_owed: Vec::new(),
+            layer_scratch: Vec::new(),
         }
     }
 
@@ -502,6 +504,17 @@ impl Worker {
                 height,
                 pinned,
             } => {
+                // A tile has both sides or neither; one alone is a client bug
+                // that would otherwise be ignored without a word.
+                if width.is_some() != height.is_some() {
+                    if let Some(p) = self.get(key) {
+                        p.send(ServerSignal::error(
+                            ErrorCode::BadMessage,
+                            "subscription: give width and height together",
+                        ));
+                    }
+                    return;
+                }
                 let settings = SubscriptionSettings {
                     enabled,
                     quality,
@@ -899,7 +912,7 @@ impl Worker {
         }
         self.dynacast(now);
         // Keyframe requests the throttle held back.
-        let mut owed = std::mem::take(&mut self.keyframes_owed);
+        let mut owed = std::mem::take(&mut self.layer_scratch);
         owed.clear();
         for (key, p) in self.participants.iter().enumerate() {
             let Some(p) = p else { continue };
@@ -914,7 +927,7 @@ impl Worker {
         for &(key, mid, layer) in &owed {
             self.request_keyframe(now, key, mid, layer);
         }
-        self.keyframes_owed = owed;
+        self.layer_scratch = owed;
     }
 
     fn update_speakers(&mut self, now: Instant) {
@@ -1079,30 +1092,23 @@ impl Worker {
             // sends a probe cluster when the desired rate rises above the
             // estimate. At most every PROBE_INTERVAL.
             let wanted = (allocation.wanted + audio_bps).max(MIN_DESIRED_BPS);
-            let used = allocation.used + audio_bps;
-            let short = used < wanted;
-            // No sustained padding (`minimum` 0): measured with the load
+            let short = allocation.used + audio_bps < wanted;
+            // The minimum (sustained padding) stays 0: measured with the load
             // tester, padding up to the allocated rate filled thin links with
             // filler that queued ahead of audio (p99 latency 250 ms at
             // 1 Mbit/s); only probe clusters go beyond the media.
-            let minimum = 0;
             let mut bwe = p.rtc.bwe();
-            let mut touched = false;
-            if short && now >= p.next_probe {
+            let desired = if short && now >= p.next_probe {
                 p.next_probe = now + PROBE_INTERVAL;
                 // Lowering first makes the raise count as new.
-                bwe.set_bitrate(Bitrate::bps(minimum.min(estimate)), Bitrate::bps(estimate));
-                p.bwe_targets = (minimum, wanted.max(estimate));
-                touched = true;
-            } else if p.bwe_targets.1 != wanted
-                || minimum.abs_diff(p.bwe_targets.0) * 10 > p.bwe_targets.0
-            {
-                p.bwe_targets = (minimum, wanted);
-                touched = true;
-            }
-            if touched {
-                let (min, desired) = p.bwe_targets;
-                bwe.set_bitrate(Bitrate::bps(min.min(desired)), Bitrate::bps(desired));
+                bwe.set_bitrate(Bitrate::bps(0), Bitrate::bps(estimate));
+                Some(wanted.max(estimate))
+            } else {
+                (p.bwe_desired != wanted).then_some(wanted)
+            };
+            if let Some(desired) = desired {
+                p.bwe_desired = desired;
+                bwe.set_bitrate(Bitrate::bps(0), Bitrate::bps(desired));
                 self.drain(key);
             }
         }
@@ -1123,7 +1129,7 @@ impl Worker {
         // One pass over every subscription marks the layers someone takes
         // (chosen, or still flowing until a switch), then each publisher is
         // looked at once: linear in subscriptions, not rooms x subscriptions.
-        let mut marks = std::mem::take(&mut self.keyframes_owed);
+        let mut marks = std::mem::take(&mut self.layer_scratch);
         marks.clear();
         for q in self.participants.iter().flatten() {
             for s in &q.subscriptions {
@@ -1156,7 +1162,7 @@ impl Worker {
                 l.wanted = true;
             }
         }
-        self.keyframes_owed = marks;
+        self.layer_scratch = marks;
         for key in 0..self.participants.len() {
             let Some(p) = self.participants[key].as_mut() else {
                 continue;
@@ -1806,6 +1812,48 @@ mod sans_io_tests {
             Some(ToParticipant::Signal(ServerSignal::Joined { participants, .. })) if participants.len() == 1
         ));
         assert_eq!(w.participant_count(), 2);
+    }
+
+    #[test]
+    fn subscription_with_half_a_tile_size_is_refused_and_changes_nothing() {
+        let mut w = worker(Duration::from_secs(30));
+        let now = Instant::now();
+        let mut rx = join(&mut w, now, "PA_1", "r", "alice");
+        drain(&mut rx);
+        w.handle_command(
+            now,
+            Command::Signal {
+                participant_id: "PA_1".into(),
+                signal: ClientSignal::Subscription {
+                    track_ids: vec!["TR_x".into()],
+                    enabled: Some(false),
+                    quality: None,
+                    width: Some(320),
+                    height: None,
+                    pinned: None,
+                },
+            },
+        );
+        let got = drain(&mut rx);
+        assert!(
+            got.iter().any(|m| matches!(
+                m,
+                ToParticipant::Signal(ServerSignal::Error {
+                    code: ErrorCode::BadMessage,
+                    ..
+                })
+            )),
+            "{got:?}"
+        );
+        // Refused whole: not even the unknown track is looked up.
+        assert!(!got.iter().any(|m| matches!(
+            m,
+            ToParticipant::Signal(ServerSignal::Error {
+                code: ErrorCode::UnknownTrack,
+                ..
+            })
+        )));
+        assert_eq!(w.participant_count(), 1);
     }
 
     #[test]

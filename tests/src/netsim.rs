@@ -988,6 +988,14 @@ impl NetSim {
         &self.peers[id]
     }
 
+    /// The track id of a publisher's video, once the server has named it.
+    pub fn video_track_id(&self, publisher: PeerId) -> Option<String> {
+        self.peers[publisher]
+            .publisher
+            .as_ref()
+            .and_then(|p| p.video_track_id.clone())
+    }
+
     pub fn peer_mut(&mut self, id: PeerId) -> &mut Peer {
         &mut self.peers[id]
     }

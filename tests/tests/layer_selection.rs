@@ -9,14 +9,6 @@ use stamma_tests::netsim::{LinkConfig, Links, NetSim, Publish, Video};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn video_track(sim: &NetSim) -> String {
-    sim.peer(0)
-        .publisher
-        .as_ref()
-        .and_then(|p| p.video_track_id.clone())
-        .expect("the publisher's video has a track id")
-}
-
 /// A subscriber whose downlink drops from 2.5 Mbit/s to 300 kbit/s leaves
 /// the top layers for the low one, keeps what the server sends under the
 /// bottleneck, and climbs again when the link recovers. Every switch lands
@@ -29,7 +21,9 @@ fn subscriber_switches_to_low_layer_when_bandwidth_drops_and_back_when_it_recove
     sim.add_subscriber(Links::new(5_000, 2_500))?;
     sim.settle(10 * SECOND)?;
     sim.run_to(8 * SECOND)?;
-    let track = video_track(&sim);
+    let track = sim
+        .video_track_id(0)
+        .expect("the publisher's video has a track id");
     let before = sim
         .peer(1)
         .rx_track(&track)
@@ -110,7 +104,9 @@ fn twenty_keyframe_requests_in_100_ms_reach_the_publisher_once() -> anyhow::Resu
     }
     sim.settle(10 * SECOND)?;
     sim.run_to(4 * SECOND)?;
-    let track = video_track(&sim);
+    let track = sim
+        .video_track_id(0)
+        .expect("the publisher's video has a track id");
     let count = |sim: &NetSim| -> usize {
         let p = sim.peer(0).publisher.as_ref().expect("publisher");
         p.layers.iter().map(|l| l.keyframe_requests.len()).sum()
