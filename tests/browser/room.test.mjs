@@ -34,6 +34,10 @@ const fail = (msg) => {
   throw new Error(msg);
 };
 
+// The server's last log lines, printed when a step fails (its logs go to
+// stdout, which this script reads for the join links).
+const serverLog = [];
+
 function startServer() {
   return new Promise((resolve, reject) => {
     const child = spawn(stamma, ["dev", "--http", "127.0.0.1:0", "--media-port", "0", "--room", "browser"], {
@@ -44,6 +48,8 @@ function startServer() {
     const timer = setTimeout(() => reject(new Error("stamma dev printed no join links")), STEP_TIMEOUT_MS);
     child.on("exit", (code) => reject(new Error(`stamma dev exited with ${code}`)));
     createInterface({ input: child.stdout }).on("line", (line) => {
+      serverLog.push(line);
+      if (serverLog.length > 400) serverLog.shift();
       const m = line.match(/^Join as (host|guest):\s+(\S+)$/);
       if (m) links[m[1]] = m[2];
       if (links.host && links.guest) {
@@ -59,6 +65,7 @@ async function waitFor(page, what, fn, arg) {
     await page.waitForFunction(fn, arg, { timeout: STEP_TIMEOUT_MS, polling: 100 });
   } catch (e) {
     const status = await page.textContent("#status").catch(() => "?");
+    console.error(`--- last server log lines ---\n${serverLog.join("\n")}\n---`);
     fail(`${what}: not reached in ${STEP_TIMEOUT_MS} ms (page status: ${status})`);
   }
 }
