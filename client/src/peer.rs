@@ -51,9 +51,9 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCBundlePolicy, RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCRtcpMuxPolicy, RTCSessionDescription, Registry, SettingEngineBuilder,
-    register_default_interceptors,
+    RTCBundlePolicy, RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer,
+    RTCIceTransportPolicy, RTCPeerConnectionState, RTCRtcpMuxPolicy, RTCSessionDescription,
+    Registry, SettingEngineBuilder, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender, RtpTransceiver,
@@ -441,11 +441,28 @@ impl Drop for Shared {
     }
 }
 
+/// How a [`Peer`] reaches the server.
+#[derive(Debug, Clone, Default)]
+pub struct PeerOptions {
+    pub ice_servers: Vec<stamma_proto::IceServer>,
+    /// Gather only TURN relay candidates (`iceTransportPolicy: "relay"`).
+    pub relay_only: bool,
+}
+
 impl Peer {
     /// Creates a peer whose single UDP socket is bound to `bind_ip:0` (use `127.0.0.1` to
     /// stay on loopback). Returns the peer and the receiver of its [`PeerEvent`]s. Must be
     /// called inside a Tokio runtime.
     pub async fn new(bind_ip: IpAddr) -> Result<(Peer, mpsc::Receiver<PeerEvent>), PeerError> {
+        Self::with_options(bind_ip, &PeerOptions::default()).await
+    }
+
+    /// [`Peer::new`] with TURN/STUN servers (from `joined`) and, for clients
+    /// on networks that allow nothing else, relay-only ICE.
+    pub async fn with_options(
+        bind_ip: IpAddr,
+        options: &PeerOptions,
+    ) -> Result<(Peer, mpsc::Receiver<PeerEvent>), PeerError> {
         let mut media_engine = MediaEngine::default();
         media_engine.register_codec(
             MediaKind::Audio.codec_parameters(),
@@ -481,8 +498,23 @@ impl Peer {
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_include_loopback_candidate(true)
             .build();
+        let ice_servers = options
+            .ice_servers
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect();
+        let policy = if options.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        };
         let configuration = RTCConfigurationBuilder::new()
-            .with_ice_servers(vec![])
+            .with_ice_servers(ice_servers)
+            .with_ice_transport_policy(policy)
             .with_bundle_policy(RTCBundlePolicy::MaxBundle)
             .with_rtcp_mux_policy(RTCRtcpMuxPolicy::Require)
             .build();

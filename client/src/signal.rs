@@ -1,7 +1,7 @@
 //! Signaling client: protocol v1 over a WebSocket (docs/protocol.md).
 
 use futures_util::{SinkExt, StreamExt};
-use stamma_proto::{ClientSignal, PROTOCOL_VERSION, ParticipantInfo, ServerSignal};
+use stamma_proto::{ClientSignal, IceServer, PROTOCOL_VERSION, ParticipantInfo, ServerSignal};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -53,6 +53,7 @@ pub fn rtc_url(base: &str, token: &str, room: Option<&str>) -> Result<String, Si
 
 pub struct SignalClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ice_servers: Vec<IceServer>,
 }
 
 impl SignalClient {
@@ -63,7 +64,10 @@ impl SignalClient {
 
     pub async fn connect_url(url: &str) -> Result<SignalClient, SignalError> {
         match connect_async(url).await {
-            Ok((ws, _)) => Ok(SignalClient { ws }),
+            Ok((ws, _)) => Ok(SignalClient {
+                ws,
+                ice_servers: Vec::new(),
+            }),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp
@@ -127,10 +131,19 @@ impl SignalClient {
             ServerSignal::Joined {
                 participant,
                 participants,
+                ice_servers,
                 ..
-            } => Ok((participant, participants)),
+            } => {
+                self.ice_servers = ice_servers;
+                Ok((participant, participants))
+            }
             other => Err(SignalError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// The TURN/STUN servers (with credentials) the server gave in `joined`.
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
     }
 
     pub async fn close(&mut self) {

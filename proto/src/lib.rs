@@ -8,8 +8,8 @@ pub mod signal;
 
 pub use grant::{Grant, GrantError, Grants, Role};
 pub use signal::{
-    ClientSignal, ErrorCode, LayerState, MediaKind, ParticipantInfo, PauseReason, PublishedTrack,
-    ServerSignal, Speaker, SubscribedTrack, TrackInfo, TrackSource, VideoQuality,
+    ClientSignal, ErrorCode, IceServer, LayerState, MediaKind, ParticipantInfo, PauseReason,
+    PublishedTrack, ServerSignal, Speaker, SubscribedTrack, TrackInfo, TrackSource, VideoQuality,
 };
 
 /// The signaling protocol version this crate speaks.

@@ -63,6 +63,18 @@ pub struct TrackInfo {
     pub mid: String,
 }
 
+/// A STUN/TURN server for the client's peer connection, in the shape of the
+/// WebRTC `RTCIceServer` dictionary. TURN credentials are time-limited
+/// (the TURN REST API scheme: the username carries the expiry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipantInfo {
     /// Server-assigned, unique per connection.
@@ -180,6 +192,9 @@ pub enum ServerSignal {
         participant: ParticipantInfo,
         /// Everyone else already in the room, with their tracks.
         participants: Vec<ParticipantInfo>,
+        /// TURN (and STUN) servers to use; empty when none is configured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     ParticipantJoined {
         participant: ParticipantInfo,

@@ -413,6 +413,8 @@ impl Worker {
             room: room_name.clone(),
             participant: p.info(),
             participants: others,
+            // Signaling adds the TURN servers (credentials are its business).
+            ice_servers: Vec::new(),
         });
         let info = p.info();
         info!(participant = %p.id, room = %room_name, role = ?p.role, "participant joined");

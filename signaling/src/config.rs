@@ -3,12 +3,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use stamma_sfu::SfuConfig;
 
 use crate::keys::ApiKeys;
+use crate::turn::TurnServer;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -17,6 +19,8 @@ pub struct ServerConfig {
     pub keys: ApiKeys,
     /// Signaling session limits (timeouts, message rate).
     pub limits: crate::session::Limits,
+    /// TURN servers whose credentials clients get in `joined`.
+    pub turn: Vec<TurnServer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -28,7 +32,21 @@ struct FileConfig {
     media: MediaSection,
     #[serde(default)]
     keys: Vec<KeySection>,
+    #[serde(default)]
+    turn: Vec<TurnSection>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TurnSection {
+    urls: Vec<String>,
+    secret: String,
+    ttl_s: Option<u64>,
+}
+
+/// Long enough for a working day's meeting: coturn checks the expiry on every
+/// allocation refresh, so a credential that lapses mid-meeting drops the relay.
+const DEFAULT_TURN_TTL: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +94,7 @@ impl ServerConfig {
             media: SfuConfig::default(),
             keys: ApiKeys::default(),
             limits: crate::session::Limits::default(),
+            turn: Vec::new(),
         }
     }
 
@@ -110,6 +129,12 @@ impl ServerConfig {
         for k in &file.keys {
             c.keys.insert(&k.id, &k.secret)?;
         }
+        for (i, t) in file.turn.into_iter().enumerate() {
+            let ttl = t.ttl_s.map_or(DEFAULT_TURN_TTL, Duration::from_secs);
+            c.turn.push(
+                TurnServer::new(t.urls, t.secret, ttl).with_context(|| format!("turn[{i}]"))?,
+            );
+        }
         c.apply_env()?;
         c.validate()?;
         Ok(c)
@@ -142,6 +167,23 @@ impl ServerConfig {
             std::env::var("STAMMA_API_SECRET"),
         ) {
             self.keys.insert(&id, &secret)?;
+        }
+        if let (Ok(urls), Ok(secret)) = (
+            std::env::var("STAMMA_TURN_URLS"),
+            std::env::var("STAMMA_TURN_SECRET"),
+        ) {
+            let urls = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let ttl =
+                env::<u64>("STAMMA_TURN_TTL_S")?.map_or(DEFAULT_TURN_TTL, Duration::from_secs);
+            self.turn.push(
+                TurnServer::new(urls, secret, ttl)
+                    .context("STAMMA_TURN_URLS / STAMMA_TURN_SECRET")?,
+            );
         }
         Ok(())
     }

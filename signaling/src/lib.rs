@@ -6,6 +6,8 @@ pub mod http;
 pub mod keys;
 pub mod rooms;
 pub mod session;
+pub mod turn;
+pub mod webhook;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ pub struct AppState {
     pub keys: Arc<ApiKeys>,
     pub rooms: Arc<rooms::RoomDirectory>,
     pub limits: Arc<session::Limits>,
+    pub turn: Arc<Vec<turn::TurnServer>>,
 }
 
 /// A started server.
@@ -43,6 +46,7 @@ impl Server {
             keys: Arc::new(config.keys.clone()),
             rooms: Arc::new(rooms::RoomDirectory::new(plane.workers)),
             limits: Arc::new(config.limits.clone()),
+            turn: Arc::new(config.turn.clone()),
         };
         let listener = TcpListener::bind(config.http_addr)
             .await

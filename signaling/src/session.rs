@@ -289,7 +289,13 @@ impl Session {
         loop {
             tokio::select! {
                 out = rx.recv() => match out {
-                    Some(ToParticipant::Signal(s)) => {
+                    Some(ToParticipant::Signal(mut s)) => {
+                        if let ServerSignal::Joined { ice_servers, .. } = &mut s {
+                            let now = std::time::SystemTime::now();
+                            ice_servers.extend(
+                                self.state.turn.iter().map(|t| t.credentials(participant_id, now)),
+                            );
+                        }
                         if let Err(e) = self.send(&s).await {
                             return e;
                         }

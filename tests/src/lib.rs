@@ -16,7 +16,9 @@ use anyhow::{Context, bail};
 use stamma::{Server, ServerConfig};
 use stamma_client::media::Vp8Frames;
 use stamma_client::media::opus_tone::{ToneDecoder, encode_tone};
-use stamma_client::peer::{LocalTrack, MediaKind as PeerKind, Peer, PeerEvent, RemoteTrack};
+use stamma_client::peer::{
+    LocalTrack, MediaKind as PeerKind, Peer, PeerEvent, PeerOptions, RemoteTrack,
+};
 use stamma_client::signal::{SignalClient, rtc_url};
 use stamma_proto::{
     ClientSignal, Grant, MediaKind, PublishedTrack, Role, ServerSignal, SubscribedTrack,
@@ -230,6 +232,30 @@ impl TestParticipant {
         publish: Publish,
         via: Option<(SocketAddr, SocketAddr)>,
     ) -> anyhow::Result<TestParticipant> {
+        Self::join_inner(base, room, identity, role, publish, via, false).await
+    }
+
+    /// Join through the TURN servers the server hands out in `joined`, with
+    /// relay-only ICE (as a browser with `iceTransportPolicy: "relay"`).
+    pub async fn join_relay_only(
+        base: &str,
+        room: &str,
+        identity: &str,
+        role: Role,
+        publish: Publish,
+    ) -> anyhow::Result<TestParticipant> {
+        Self::join_inner(base, room, identity, role, publish, None, true).await
+    }
+
+    async fn join_inner(
+        base: &str,
+        room: &str,
+        identity: &str,
+        role: Role,
+        publish: Publish,
+        via: Option<(SocketAddr, SocketAddr)>,
+        relay_only: bool,
+    ) -> anyhow::Result<TestParticipant> {
         let rewrite = move |sdp: String| match via {
             Some((server, relay)) => sdp.replace(
                 &format!("{} {} typ host", server.ip(), server.port()),
@@ -243,7 +269,11 @@ impl TestParticipant {
                 .await
                 .context("connecting signaling")?;
         let (me, _others) = sig.join().await.context("joining")?;
-        let (peer, mut events) = Peer::new([127, 0, 0, 1].into()).await?;
+        let options = PeerOptions {
+            ice_servers: sig.ice_servers().to_vec(),
+            relay_only,
+        };
+        let (peer, mut events) = Peer::with_options([127, 0, 0, 1].into(), &options).await?;
         let peer = Arc::new(peer);
         let signals: Arc<Mutex<Vec<(Instant, ServerSignal)>>> = Arc::default();
         let received: Arc<Mutex<HashMap<String, Received>>> = Arc::default();
