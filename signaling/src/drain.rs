@@ -47,6 +47,9 @@ pub struct Drain {
 
 impl Drain {
     pub fn new(timeout: Duration, rooms: Arc<RoomDirectory>) -> Drain {
+        // Shows the gauge (at 0) before any drain; an increment, not a set,
+        // so a second server in one process does not reset another's.
+        metrics::gauge!("stamma_draining").increment(0.0);
         Drain {
             phase: watch::Sender::new(Phase::Serving),
             timeout,
