@@ -309,6 +309,13 @@ secret = "a-secret-of-at-least-32-bytes-length"
     }
 
     #[test]
+    fn the_example_config_loads() -> anyhow::Result<()> {
+        let c = load(include_str!("../../deploy/stamma.example.toml"), &[])?;
+        assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        Ok(())
+    }
+
+    #[test]
     fn drain_and_log_keys_default_when_absent() -> anyhow::Result<()> {
         let c = load(BASE, &[])?;
         assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
