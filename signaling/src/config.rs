@@ -349,7 +349,13 @@ secret = "a-secret-of-at-least-32-bytes-length"
 
     #[test]
     fn bad_drain_and_log_values_fail_naming_the_key() {
-        let cases: [(String, &[(&str, &str)], &str); 7] = [
+        // (file, environment, what the error must name)
+        type Case = (
+            String,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+        );
+        let cases: [Case; 7] = [
             (
                 format!("{BASE}\n[server]\ndrain_timeout_s = -1\n"),
                 &[],
