@@ -254,6 +254,13 @@ pub enum ServerSignal {
     Pong {
         ts: u64,
     },
+    /// The server is shutting down: it takes no new rooms, and closes the
+    /// sessions still open `deadline_ms` milliseconds after this was sent
+    /// (with `shutting_down`). The room goes on until then; clients may
+    /// rejoin elsewhere at a moment that suits them.
+    ServerDraining {
+        deadline_ms: u64,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -290,6 +297,36 @@ pub enum ErrorCode {
     Timeout,
     /// The server failed. Fatal.
     Internal,
+    /// The server is draining: it takes no new rooms (rooms already open
+    /// still take joins). Fatal; try again on another server.
+    Draining,
+    /// The server's drain deadline passed with the session still open. Fatal.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire (snake_case), e.g. for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::PublishNotAllowed => "publish_not_allowed",
+            ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::StaleAnswer => "stale_answer",
+            ErrorCode::UnknownTrack => "unknown_track",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::DuplicateIdentity => "duplicate_identity",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Draining => "draining",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
 }
 
 impl ClientSignal {
@@ -374,6 +411,38 @@ mod tests {
             ClientSignal::parse(r#"{"type":"join","v":1}"#).unwrap(),
             ClientSignal::Join { v: 1 }
         );
+    }
+
+    #[test]
+    fn error_code_as_str_matches_the_wire_name() {
+        for code in [
+            ErrorCode::BadMessage,
+            ErrorCode::UnknownType,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::MessageTooLarge,
+            ErrorCode::NotJoined,
+            ErrorCode::AlreadyJoined,
+            ErrorCode::PublishNotAllowed,
+            ErrorCode::BadSdp,
+            ErrorCode::StaleAnswer,
+            ErrorCode::UnknownTrack,
+            ErrorCode::RateLimited,
+            ErrorCode::RoomFull,
+            ErrorCode::DuplicateIdentity,
+            ErrorCode::Timeout,
+            ErrorCode::Internal,
+            ErrorCode::Draining,
+            ErrorCode::ShuttingDown,
+        ] {
+            let wire = serde_json::to_string(&code).unwrap_or_default();
+            assert_eq!(wire, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn server_draining_serializes_with_its_deadline() {
+        let s = ServerSignal::ServerDraining { deadline_ms: 1500 }.to_json();
+        assert_eq!(s, r#"{"type":"server_draining","deadline_ms":1500}"#);
     }
 
     #[test]

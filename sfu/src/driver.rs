@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -13,7 +15,7 @@ use tracing::{debug, error, info};
 use crate::SfuError;
 use crate::command::Command;
 use crate::config::SfuConfig;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerCounts, WorkerStats};
 
 /// Commands queued per worker before senders wait.
 const COMMAND_QUEUE: usize = 4096;
@@ -21,6 +23,10 @@ const COMMAND_QUEUE: usize = 4096;
 const RECV_BUFFER: usize = 2048;
 /// Datagrams read in one go before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
+/// How often a worker adds its counters to the process's metrics. The packet
+/// path only bumps plain integers in [`WorkerStats`]; the `metrics` registry
+/// is touched here, a few dozen times per interval.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Live numbers of one worker, readable from any thread.
 #[derive(Debug, Default)]
@@ -144,6 +150,103 @@ fn run_worker(
     });
 }
 
+/// One worker's share of the process-wide metrics (names in README.md).
+/// Handles are registered once, when the worker starts: register the
+/// recorder before [`MediaPlane::start`] or these are no-ops.
+/// Gauges are moved by this worker's change since its last export, so
+/// several workers (and several servers in one test process) add up.
+struct Exported {
+    last_stats: WorkerStats,
+    last_counts: WorkerCounts,
+    rooms: Gauge,
+    participants: Gauge,
+    audio_tracks: Gauge,
+    video_tracks: Gauge,
+    subscriptions: Gauge,
+    rtp_forwarded: Counter,
+    rtp_forwarded_bytes: Counter,
+    rtp_received: Counter,
+    datagrams_dropped: Counter,
+    nacks_received: Counter,
+    plis_received: Counter,
+    keyframe_requests_sent: Counter,
+    layer_switches: Counter,
+    joined: Counter,
+    left: Counter,
+    bandwidth_estimate: Histogram,
+    loop_lag: Histogram,
+}
+
+impl Exported {
+    fn register() -> Exported {
+        Exported {
+            last_stats: WorkerStats::default(),
+            last_counts: WorkerCounts::default(),
+            rooms: metrics::gauge!("stamma_rooms"),
+            participants: metrics::gauge!("stamma_participants"),
+            audio_tracks: metrics::gauge!("stamma_tracks", "kind" => "audio"),
+            video_tracks: metrics::gauge!("stamma_tracks", "kind" => "video"),
+            subscriptions: metrics::gauge!("stamma_subscriptions"),
+            rtp_forwarded: metrics::counter!("stamma_rtp_forwarded_packets_total"),
+            rtp_forwarded_bytes: metrics::counter!("stamma_rtp_forwarded_bytes_total"),
+            rtp_received: metrics::counter!("stamma_rtp_received_packets_total"),
+            datagrams_dropped: metrics::counter!("stamma_datagrams_dropped_total"),
+            nacks_received: metrics::counter!("stamma_nacks_received_total"),
+            plis_received: metrics::counter!("stamma_plis_received_total"),
+            keyframe_requests_sent: metrics::counter!("stamma_keyframe_requests_sent_total"),
+            layer_switches: metrics::counter!("stamma_layer_switches_total"),
+            joined: metrics::counter!("stamma_participants_joined_total"),
+            left: metrics::counter!("stamma_participants_left_total"),
+            bandwidth_estimate: metrics::histogram!("stamma_bandwidth_estimate_bps"),
+            loop_lag: metrics::histogram!("stamma_worker_loop_lag_seconds"),
+        }
+    }
+
+    fn publish(&mut self, worker: &mut Worker) {
+        let s = worker.stats();
+        let l = self.last_stats;
+        self.rtp_forwarded
+            .increment(s.rtp_forwarded - l.rtp_forwarded);
+        self.rtp_forwarded_bytes
+            .increment(s.rtp_forwarded_bytes - l.rtp_forwarded_bytes);
+        self.rtp_received.increment(s.rtp_in - l.rtp_in);
+        self.datagrams_dropped
+            .increment(s.datagrams_dropped - l.datagrams_dropped);
+        self.nacks_received
+            .increment(s.nacks_received - l.nacks_received);
+        self.plis_received
+            .increment(s.plis_received - l.plis_received);
+        self.keyframe_requests_sent
+            .increment(s.keyframe_requests - l.keyframe_requests);
+        self.layer_switches
+            .increment(s.layer_switches - l.layer_switches);
+        self.joined
+            .increment(s.participants_joined - l.participants_joined);
+        self.left
+            .increment(s.participants_left - l.participants_left);
+        self.last_stats = s;
+        self.set_counts(worker.counts());
+        for bps in worker.drain_bwe_samples() {
+            self.bandwidth_estimate.record(bps as f64);
+        }
+    }
+
+    fn set_counts(&mut self, c: WorkerCounts) {
+        let l = self.last_counts;
+        let moves = [
+            (&self.rooms, c.rooms, l.rooms),
+            (&self.participants, c.participants, l.participants),
+            (&self.audio_tracks, c.audio_tracks, l.audio_tracks),
+            (&self.video_tracks, c.video_tracks, l.video_tracks),
+            (&self.subscriptions, c.subscriptions, l.subscriptions),
+        ];
+        for (gauge, now, before) in moves {
+            gauge.increment(now as f64 - before as f64);
+        }
+        self.last_counts = c;
+    }
+}
+
 async fn worker_loop(
     index: usize,
     mut worker: Worker,
@@ -152,6 +255,8 @@ async fn worker_loop(
     gauges: Arc<WorkerGauges>,
 ) {
     let mut buf = vec![0u8; RECV_BUFFER];
+    let mut exported = Exported::register();
+    let mut next_export = Instant::now() + METRICS_INTERVAL;
     loop {
         let deadline = worker.next_timeout(Instant::now());
         tokio::select! {
@@ -182,7 +287,13 @@ async fn worker_loop(
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
-                worker.handle_timeout(Instant::now());
+                let now = Instant::now();
+                // Loop lag: how late the timer fired against its deadline
+                // (a busy or starved worker thread shows here first).
+                exported
+                    .loop_lag
+                    .record(now.saturating_duration_since(deadline).as_secs_f64());
+                worker.handle_timeout(now);
             }
         }
         for t in worker.outbox().drain(..) {
@@ -210,6 +321,14 @@ async fn worker_loop(
         gauges
             .rtp_forwarded
             .store(s.rtp_forwarded, Ordering::Relaxed);
+        let now = Instant::now();
+        if now >= next_export {
+            next_export = now + METRICS_INTERVAL;
+            exported.publish(&mut worker);
+        }
     }
+    // A stopped worker holds nothing: take its share out of the gauges.
+    exported.publish(&mut worker);
+    exported.set_counts(WorkerCounts::default());
     info!(worker = index, "media worker stopped");
 }

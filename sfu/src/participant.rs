@@ -2,7 +2,7 @@
 //! and where its SDP negotiation stands.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use stamma_proto::{
     ParticipantInfo, PublishedTrack, Role, ServerSignal, SubscribedTrack, random_token,
@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 use crate::command::{JoinRequest, ToParticipant};
 use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::Track;
+
+/// How often str0m reports per-stream statistics (see `Participant::new`).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A server offer waiting for the client's answer.
 pub struct PendingOffer {
@@ -89,7 +92,10 @@ impl Participant {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
-            .set_stats_interval(None)
+            // Stats events are the only way str0m tells how many NACKs a
+            // subscriber sent (stamma_nacks_received_total); once a second
+            // per stream is cheap next to the media.
+            .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
         let cand = Candidate::host(candidate, "udp").map_err(|e| e.to_string())?;
         rtc.add_local_candidate(cand);

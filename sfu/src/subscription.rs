@@ -53,6 +53,8 @@ pub struct Subscription {
     pub forwarder: Forwarder,
     /// Payload type mapping publisher → subscriber, learned on the first packet.
     pub pt_map: Option<(Pt, Pt)>,
+    /// NACKs str0m had counted on the outgoing stream at its last stats report.
+    pub nacks_seen: u64,
 }
 
 impl Subscription {
@@ -89,6 +91,7 @@ impl Subscription {
                 MediaKind::Audio => Forwarder::new(false, 48_000),
             },
             pt_map: None,
+            nacks_seen: 0,
         }
     }
 }

@@ -66,7 +66,11 @@ const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
 /// feedback): everything at the layer it asked for.
 const UNLIMITED_BPS: u64 = 100_000_000_000;
 
-/// Counters a driver can export.
+/// Samples of subscribers' downlink estimates kept between two reads by the
+/// driver; more are dropped, so a driver that never reads cannot grow memory.
+const MAX_BWE_SAMPLES: usize = 4096;
+
+/// Counters a driver can export; all only grow.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WorkerStats {
     pub datagrams_in: u64,
@@ -74,9 +78,29 @@ pub struct WorkerStats {
     pub datagrams_dropped: u64,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
+    /// RTP payload bytes of the forwarded packets (headers not counted).
+    pub rtp_forwarded_bytes: u64,
     pub participants_panicked: u64,
     /// Keyframe requests sent to publishers (after coalescing).
     pub keyframe_requests: u64,
+    /// Keyframe requests (PLI, FIR) received from subscribers.
+    pub plis_received: u64,
+    /// NACKs received from subscribers (str0m's per-stream counts).
+    pub nacks_received: u64,
+    /// A subscription's forwarded layer changed from one layer to another.
+    pub layer_switches: u64,
+    pub participants_joined: u64,
+    pub participants_left: u64,
+}
+
+/// What a worker holds now (computed on demand, not per packet).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerCounts {
+    pub rooms: u64,
+    pub participants: u64,
+    pub audio_tracks: u64,
+    pub video_tracks: u64,
+    pub subscriptions: u64,
 }
 
 pub struct Worker {
@@ -100,6 +124,8 @@ pub struct Worker {
     earliest: Option<Instant>,
     doomed: Vec<(ParticipantKey, ErrorCode, String)>,
     stats: WorkerStats,
+    /// Downlink estimates (bps) seen by the Allocator since the driver last read them.
+    bwe_samples: Vec<u64>,
     next_tick: Instant,
     next_periodic_allocation: Instant,
     // Scratch space of the tick, reused so it allocates nothing steady-state.
@@ -135,6 +161,7 @@ impl Worker {
             earliest: None,
             doomed: Vec::new(),
             stats: WorkerStats::default(),
+            bwe_samples: Vec::new(),
             next_tick: Instant::now(),
             next_periodic_allocation: Instant::now(),
             demands: Vec::new(),
@@ -147,6 +174,35 @@ impl Worker {
 
     pub fn stats(&self) -> WorkerStats {
         self.stats
+    }
+
+    /// Downlink estimates observed by the Allocator since the last call.
+    pub fn drain_bwe_samples(&mut self) -> std::vec::Drain<'_, u64> {
+        self.bwe_samples.drain(..)
+    }
+
+    /// Rooms, participants, published tracks and subscriptions held now.
+    /// Walks every participant: for periodic export, not for the packet path.
+    pub fn counts(&self) -> WorkerCounts {
+        let mut c = WorkerCounts {
+            rooms: self.rooms.len() as u64,
+            participants: self.by_id.len() as u64,
+            ..WorkerCounts::default()
+        };
+        for p in self.participants.iter().flatten() {
+            for t in &p.published {
+                match t.kind {
+                    MediaKind::Audio => c.audio_tracks += 1,
+                    MediaKind::Video => c.video_tracks += 1,
+                }
+            }
+            c.subscriptions += p
+                .subscriptions
+                .iter()
+                .filter(|s| s.state != SubscriptionState::Removing)
+                .count() as u64;
+        }
+        c
     }
 
     pub fn participant_count(&self) -> usize {
@@ -418,6 +474,7 @@ impl Worker {
         });
         let info = p.info();
         info!(participant = %p.id, room = %room_name, role = ?p.role, "participant joined");
+        self.stats.participants_joined += 1;
         room.participants.push(key);
         self.demux.add_ufrag(p.ufrag.clone(), key);
         self.by_id.insert(p.id.clone(), key);
@@ -460,6 +517,7 @@ impl Worker {
         self.demux.remove(&p.ufrag, &p.addrs);
         p.rtc.disconnect();
         info!(participant = %p.id, room = %p.room, reason, "participant left");
+        self.stats.participants_left += 1;
         let tracks: Vec<(String, Mid)> =
             p.published.iter().map(|t| (t.id.clone(), t.mid)).collect();
         if let Some(room) = self.rooms.get_mut(&p.room) {
@@ -1039,6 +1097,11 @@ impl Worker {
         };
         p.allocation_due = false;
         p.allocated_for_bps = estimate;
+        if let Some(bps) = p.bwe_bps
+            && self.bwe_samples.len() < MAX_BWE_SAMPLES
+        {
+            self.bwe_samples.push(bps);
+        }
         debug!(
             participant = %p.id,
             estimate_kbps = estimate / 1000,
@@ -1307,6 +1370,7 @@ impl Worker {
                 }
             }
             Event::KeyframeRequest(req) => {
+                self.stats.plis_received += 1;
                 let Some(p) = self.get(key) else { return };
                 let Some(s) = p.subscription_by_mid(req.mid) else {
                     return;
@@ -1316,6 +1380,18 @@ impl Worker {
                 };
                 let (publisher, mid) = (s.publisher, s.source_mid);
                 self.request_keyframe(now, publisher, mid, layer);
+            }
+            // str0m counts NACKs per outgoing stream and reports the totals
+            // every stats interval; count what is new since the last report.
+            Event::MediaEgressStats(st) => {
+                let Some(p) = self.get(key) else { return };
+                let Some(s) = p.subscription_by_mid(st.mid) else {
+                    return;
+                };
+                // A total below the last one is a new stream on a reused m-line.
+                let new = st.nacks.checked_sub(s.nacks_seen).unwrap_or(st.nacks);
+                s.nacks_seen = st.nacks;
+                self.stats.nacks_received += new;
             }
             Event::Connected => {
                 let Some(p) = self.get(key) else { return };
@@ -1578,6 +1654,9 @@ impl Worker {
                     need_keyframe = true;
                     continue;
                 }
+                if s.current.is_some() {
+                    self.stats.layer_switches += 1;
+                }
                 s.current = Some(layer);
                 s.forwarder.restart();
             }
@@ -1651,6 +1730,7 @@ impl Worker {
             }
             tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
+            self.stats.rtp_forwarded_bytes += pkt.payload.len() as u64;
             self.drain(k);
         }
         self.scratch = subscribers;

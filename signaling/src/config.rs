@@ -21,6 +21,52 @@ pub struct ServerConfig {
     pub limits: crate::session::Limits,
     /// TURN servers whose credentials clients get in `joined`.
     pub turn: Vec<TurnServer>,
+    /// How long a drain waits for rooms to empty before closing them.
+    pub drain_timeout: Duration,
+    pub log: LogConfig,
+}
+
+/// Default of `[server] drain_timeout_s`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest drain accepted: a day.
+const MAX_DRAIN_TIMEOUT_S: u64 = 86_400;
+
+/// How `stamma serve` logs. `RUST_LOG`, when set, wins over `level`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, or `warn,stamma=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("unknown log format {s:?} (use text or json)")),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +80,23 @@ struct FileConfig {
     keys: Vec<KeySection>,
     #[serde(default)]
     turn: Vec<TurnSection>,
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    drain_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    format: Option<LogFormat>,
+    level: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,17 +136,32 @@ struct KeySection {
     secret: String,
 }
 
-fn env<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
+/// Where `STAMMA_*` overrides come from: the process environment, or a
+/// map in tests (so they need not mutate the shared environment).
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn env<T: std::str::FromStr>(vars: Lookup, name: &str) -> anyhow::Result<Option<T>>
 where
     T::Err: std::fmt::Display,
 {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v
+    match vars(name) {
+        Some(v) if !v.is_empty() => v
             .parse()
             .map(Some)
             .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
         _ => Ok(None),
     }
+}
+
+fn drain_timeout(key: &str, seconds: u64) -> anyhow::Result<Duration> {
+    if seconds > MAX_DRAIN_TIMEOUT_S {
+        bail!("{key} = {seconds}: at most {MAX_DRAIN_TIMEOUT_S} s (a day)");
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 impl ServerConfig {
@@ -95,6 +173,8 @@ impl ServerConfig {
             keys: ApiKeys::default(),
             limits: crate::session::Limits::default(),
             turn: Vec::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            log: LogConfig::default(),
         }
     }
 
@@ -102,8 +182,16 @@ impl ServerConfig {
     pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let file: FileConfig =
-            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// A config file's text, then `STAMMA_*` overrides.
+    pub fn from_toml(text: &str) -> anyhow::Result<ServerConfig> {
+        Self::from_toml_with(text, &process_env)
+    }
+
+    fn from_toml_with(text: &str, vars: Lookup) -> anyhow::Result<ServerConfig> {
+        let file: FileConfig = toml::from_str(text).context("parsing")?;
         let mut c = ServerConfig::dev();
         c.http_addr = file
             .http
@@ -135,51 +223,67 @@ impl ServerConfig {
                 TurnServer::new(t.urls, t.secret, ttl).with_context(|| format!("turn[{i}]"))?,
             );
         }
-        c.apply_env()?;
+        if let Some(s) = file.server.drain_timeout_s {
+            c.drain_timeout = drain_timeout("server.drain_timeout_s", s)?;
+        }
+        if let Some(f) = file.log.format {
+            c.log.format = f;
+        }
+        if let Some(l) = file.log.level {
+            c.log.level = l;
+        }
+        c.apply_env_from(vars)?;
         c.validate()?;
         Ok(c)
     }
 
     pub fn apply_env(&mut self) -> anyhow::Result<()> {
-        if let Some(v) = env("STAMMA_HTTP_BIND")? {
+        self.apply_env_from(&process_env)
+    }
+
+    fn apply_env_from(&mut self, vars: Lookup) -> anyhow::Result<()> {
+        if let Some(v) = env(vars, "STAMMA_HTTP_BIND")? {
             self.http_addr = v;
         }
-        if let Some(v) = env("STAMMA_MEDIA_BIND_IP")? {
+        if let Some(v) = env(vars, "STAMMA_MEDIA_BIND_IP")? {
             self.media.bind_ip = v;
         }
-        if let Some(v) = env("STAMMA_MEDIA_PUBLIC_IP")? {
+        if let Some(v) = env(vars, "STAMMA_MEDIA_PUBLIC_IP")? {
             self.media.public_ip = Some(v);
         }
-        if let Some(v) = env("STAMMA_MEDIA_PORT")? {
+        if let Some(v) = env(vars, "STAMMA_MEDIA_PORT")? {
             self.media.first_port = v;
         }
-        if let Some(v) = env("STAMMA_MEDIA_WORKERS")? {
+        if let Some(v) = env(vars, "STAMMA_MEDIA_WORKERS")? {
             self.media.workers = v;
         }
-        if let Some(v) = env("STAMMA_MEDIA_ALLOCATOR")? {
+        if let Some(v) = env(vars, "STAMMA_MEDIA_ALLOCATOR")? {
             self.media.allocator = v;
         }
-        if let Some(v) = env("STAMMA_MEDIA_BWE_INITIAL_KBPS")? {
+        if let Some(v) = env(vars, "STAMMA_MEDIA_BWE_INITIAL_KBPS")? {
             self.media.bwe_initial_kbps = v;
         }
-        if let (Ok(id), Ok(secret)) = (
-            std::env::var("STAMMA_API_KEY"),
-            std::env::var("STAMMA_API_SECRET"),
-        ) {
+        if let Some(v) = env(vars, "STAMMA_SERVER_DRAIN_TIMEOUT_S")? {
+            self.drain_timeout = drain_timeout("STAMMA_SERVER_DRAIN_TIMEOUT_S", v)?;
+        }
+        if let Some(v) = env(vars, "STAMMA_LOG_FORMAT")? {
+            self.log.format = v;
+        }
+        if let Some(v) = env::<String>(vars, "STAMMA_LOG_LEVEL")? {
+            self.log.level = v;
+        }
+        if let (Some(id), Some(secret)) = (vars("STAMMA_API_KEY"), vars("STAMMA_API_SECRET")) {
             self.keys.insert(&id, &secret)?;
         }
-        if let (Ok(urls), Ok(secret)) = (
-            std::env::var("STAMMA_TURN_URLS"),
-            std::env::var("STAMMA_TURN_SECRET"),
-        ) {
+        if let (Some(urls), Some(secret)) = (vars("STAMMA_TURN_URLS"), vars("STAMMA_TURN_SECRET")) {
             let urls = urls
                 .split(',')
                 .map(str::trim)
                 .filter(|u| !u.is_empty())
                 .map(str::to_owned)
                 .collect();
-            let ttl =
-                env::<u64>("STAMMA_TURN_TTL_S")?.map_or(DEFAULT_TURN_TTL, Duration::from_secs);
+            let ttl = env::<u64>(vars, "STAMMA_TURN_TTL_S")?
+                .map_or(DEFAULT_TURN_TTL, Duration::from_secs);
             self.turn.push(
                 TurnServer::new(urls, secret, ttl)
                     .context("STAMMA_TURN_URLS / STAMMA_TURN_SECRET")?,
@@ -197,6 +301,12 @@ impl ServerConfig {
         if !(50..=100_000).contains(&self.media.bwe_initial_kbps) {
             bail!("media.bwe_initial_kbps must be between 50 and 100000");
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bail!(
+                "log.level (STAMMA_LOG_LEVEL) {:?} is not a log filter: {e}",
+                self.log.level
+            );
+        }
         if self.media.workers == 0 {
             bail!("media.workers must be at least 1");
         }
@@ -206,5 +316,124 @@ impl ServerConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[media]
+bind_ip = "127.0.0.1"
+
+[[keys]]
+id = "k1"
+secret = "a-secret-of-at-least-32-bytes-length"
+"#;
+
+    fn load(text: &str, vars: &[(&str, &str)]) -> anyhow::Result<ServerConfig> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        ServerConfig::from_toml_with(text, &lookup)
+    }
+
+    /// The error and its causes, as `stamma serve` prints them.
+    fn message(e: anyhow::Error) -> String {
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn the_example_config_loads() -> anyhow::Result<()> {
+        let c = load(include_str!("../../deploy/stamma.example.toml"), &[])?;
+        assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        Ok(())
+    }
+
+    #[test]
+    fn drain_and_log_keys_default_when_absent() -> anyhow::Result<()> {
+        let c = load(BASE, &[])?;
+        assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(c.log, LogConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn drain_and_log_keys_come_from_the_file_and_env_wins() -> anyhow::Result<()> {
+        let text = format!(
+            "{BASE}\n[server]\ndrain_timeout_s = 42\n\n[log]\nformat = \"json\"\nlevel = \"warn\"\n"
+        );
+        let c = load(&text, &[])?;
+        assert_eq!(c.drain_timeout, Duration::from_secs(42));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "warn");
+
+        let c = load(
+            &text,
+            &[
+                ("STAMMA_SERVER_DRAIN_TIMEOUT_S", "7"),
+                ("STAMMA_LOG_FORMAT", "text"),
+                ("STAMMA_LOG_LEVEL", "debug,stamma=trace"),
+            ],
+        )?;
+        assert_eq!(c.drain_timeout, Duration::from_secs(7));
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.log.level, "debug,stamma=trace");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_drain_and_log_values_fail_naming_the_key() {
+        // (file, environment, what the error must name)
+        type Case = (
+            String,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+        );
+        let cases: [Case; 7] = [
+            (
+                format!("{BASE}\n[server]\ndrain_timeout_s = -1\n"),
+                &[],
+                "drain_timeout_s",
+            ),
+            (
+                format!("{BASE}\n[server]\ndrain_timeout_s = 100000\n"),
+                &[],
+                "server.drain_timeout_s",
+            ),
+            (
+                format!("{BASE}\n[server]\ndrain_timeout = 5\n"),
+                &[],
+                "drain_timeout",
+            ),
+            (format!("{BASE}\n[log]\nformat = \"xml\"\n"), &[], "format"),
+            (
+                BASE.to_owned(),
+                &[("STAMMA_SERVER_DRAIN_TIMEOUT_S", "soon")],
+                "STAMMA_SERVER_DRAIN_TIMEOUT_S",
+            ),
+            (
+                BASE.to_owned(),
+                &[("STAMMA_LOG_FORMAT", "xml")],
+                "STAMMA_LOG_FORMAT",
+            ),
+            (
+                BASE.to_owned(),
+                &[("STAMMA_LOG_LEVEL", "stamma=loud")],
+                "log.level",
+            ),
+        ];
+        for (text, vars, key) in cases {
+            match load(&text, vars) {
+                Ok(_) => panic!("accepted {vars:?} with\n{text}"),
+                Err(e) => {
+                    let m = message(e);
+                    assert!(m.contains(key), "error does not name {key}: {m}");
+                }
+            }
+        }
     }
 }

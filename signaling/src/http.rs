@@ -1,4 +1,4 @@
-//! HTTP routes: health, the signaling WebSocket, the room page.
+//! HTTP routes: health, readiness, metrics, the signaling WebSocket, the room page.
 
 use axum::Json;
 use axum::Router;
@@ -17,6 +17,8 @@ use crate::{AppState, session, web};
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/rtc", get(rtc))
         .route("/r/{room}", get(room_page))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
@@ -45,6 +47,31 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "participants": participants,
     }))
     .into_response()
+}
+
+/// Whether a load balancer should send new meetings here: not while draining.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.drain.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response()
+    } else {
+        Json(json!({ "status": "ready" })).into_response()
+    }
+}
+
+/// Prometheus text exposition format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,22 +2,27 @@
 //! and the browser page, in front of the media plane (`stamma-sfu`).
 
 pub mod config;
+pub mod drain;
 pub mod http;
 pub mod keys;
 pub mod rooms;
 pub mod session;
+pub mod telemetry;
 pub mod turn;
-pub mod webhook;
 pub mod web;
+pub mod webhook;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use stamma_sfu::MediaPlane;
 use tokio::net::TcpListener;
 
 pub use config::ServerConfig;
+pub use drain::DrainOutcome;
 pub use keys::ApiKeys;
 
 /// Everything a request handler needs.
@@ -27,6 +32,8 @@ pub struct AppState {
     pub rooms: Arc<rooms::RoomDirectory>,
     pub limits: Arc<session::Limits>,
     pub turn: Arc<Vec<turn::TurnServer>>,
+    pub drain: Arc<drain::Drain>,
+    pub metrics: PrometheusHandle,
 }
 
 /// A started server.
@@ -35,18 +42,25 @@ pub struct Server {
     pub media_addrs: Vec<SocketAddr>,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    drain: Arc<drain::Drain>,
 }
 
 impl Server {
     /// Bind the HTTP listener and the media sockets and start serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        // Before the workers start: they register their metrics as they do.
+        let metrics = telemetry::install();
         let plane = MediaPlane::start(config.media.clone()).context("starting the media plane")?;
         let media_addrs = plane.workers.iter().map(|w| w.local_addr).collect();
+        let rooms = Arc::new(rooms::RoomDirectory::new(plane.workers));
+        let drain = Arc::new(drain::Drain::new(config.drain_timeout, rooms.clone()));
         let state = AppState {
             keys: Arc::new(config.keys.clone()),
-            rooms: Arc::new(rooms::RoomDirectory::new(plane.workers)),
+            rooms,
             limits: Arc::new(config.limits.clone()),
             turn: Arc::new(config.turn.clone()),
+            drain: drain.clone(),
+            metrics,
         };
         let listener = TcpListener::bind(config.http_addr)
             .await
@@ -67,24 +81,50 @@ impl Server {
             media_addrs,
             serve,
             shutdown: Some(tx),
+            drain,
         })
     }
 
-    /// Run until Ctrl-C (then stop gracefully) or until the HTTP server fails.
-    pub async fn run_until_ctrl_c(mut self) -> anyhow::Result<()> {
+    /// Drain (see [`drain`]): from the call on, no new rooms and `/readyz`
+    /// answers 503; resolves when every room is empty or the drain deadline
+    /// passed and the remaining sessions were closed. The HTTP server keeps
+    /// running (stop it with [`Server::shutdown`]). Owns what it needs, so it
+    /// can be spawned.
+    pub fn drain(&self) -> impl Future<Output = DrainOutcome> + Send + 'static {
+        let drain = self.drain.clone();
+        async move { drain.run().await }
+    }
+
+    /// Run until a signal or until the HTTP server fails. SIGTERM drains
+    /// first (then exits); Ctrl-C (SIGINT) stops at once, also during a
+    /// drain: the operator at a terminal wants it gone now.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
         let stop = self.shutdown.take();
         tokio::select! {
             r = tokio::signal::ctrl_c() => {
                 r.context("waiting for Ctrl-C")?;
-                tracing::info!("shutting down");
-                if let Some(tx) = stop {
-                    let _ = tx.send(());
-                }
-                (&mut self.serve).await.context("HTTP server task")??;
+                tracing::info!("Ctrl-C: shutting down now");
             }
-            r = &mut self.serve => r.context("HTTP server task")??,
+            r = sigterm() => {
+                r.context("waiting for SIGTERM")?;
+                tracing::info!("SIGTERM: draining");
+                tokio::select! {
+                    outcome = self.drain() => tracing::info!(?outcome, "drain finished; shutting down"),
+                    r = tokio::signal::ctrl_c() => {
+                        r.context("waiting for Ctrl-C")?;
+                        tracing::info!("Ctrl-C during drain: shutting down now");
+                    }
+                }
+            }
+            r = &mut self.serve => return r.context("HTTP server task")?.context("HTTP server"),
         }
-        Ok(())
+        if let Some(tx) = stop {
+            let _ = tx.send(());
+        }
+        (&mut self.serve)
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")
     }
 
     pub fn shutdown(&mut self) {
@@ -92,4 +132,17 @@ impl Server {
             let _ = tx.send(());
         }
     }
+}
+
+#[cfg(unix)]
+async fn sigterm() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    term.recv().await;
+    Ok(())
+}
+
+/// No SIGTERM off Unix: only Ctrl-C stops the server there.
+#[cfg(not(unix))]
+async fn sigterm() -> std::io::Result<()> {
+    std::future::pending().await
 }

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use stamma::config::{LogConfig, LogFormat};
 use stamma::keys::ApiKeys;
 use stamma::{Server, ServerConfig};
 use stamma_proto::{Grant, Role};
@@ -84,9 +85,21 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a positive duration"))
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+/// `RUST_LOG` wins over the configured level, so a one-off debug run needs
+/// no config edit.
+fn init_logging(log: &LogConfig) -> anyhow::Result<()> {
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => {
+            EnvFilter::try_new(&log.level).with_context(|| format!("log.level {:?}", log.level))?
+        }
+    };
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match log.format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))
 }
 
 #[tokio::main]
@@ -98,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
             media_port,
             room,
         } => {
-            init_logging();
+            init_logging(&LogConfig::default())?;
             let (key, secret) = ApiKeys::generate();
             let mut config = ServerConfig::dev();
             config.http_addr = http;
@@ -126,12 +139,12 @@ async fn main() -> anyhow::Result<()> {
                 )?
             );
             println!();
-            server.run_until_ctrl_c().await
+            server.run_until_signal().await
         }
         Cmd::Serve { config } => {
-            init_logging();
             let config = ServerConfig::load(&config)?;
-            Server::start(config).await?.run_until_ctrl_c().await
+            init_logging(&config.log)?;
+            Server::start(config).await?.run_until_signal().await
         }
         Cmd::Token {
             command:

@@ -9,11 +9,13 @@ use stamma_proto::{
 };
 use stamma_sfu::command::SIGNAL_QUEUE;
 use stamma_sfu::{Command, JoinRequest, ToParticipant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::info;
 
 use crate::AppState;
+use crate::drain::Phase;
+use crate::rooms::EnterError;
 
 /// Session limits (documented in docs/protocol.md).
 #[derive(Debug, Clone)]
@@ -45,10 +47,12 @@ impl Default for Limits {
 /// WebSocket close codes (RFC 6455 §7.4.1).
 mod close {
     pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL: u16 = 1002;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 fn close_code_for(code: ErrorCode) -> u16 {
@@ -56,6 +60,8 @@ fn close_code_for(code: ErrorCode) -> u16 {
         ErrorCode::MessageTooLarge => close::TOO_BIG,
         ErrorCode::BadMessage | ErrorCode::UnsupportedVersion => close::PROTOCOL,
         ErrorCode::Internal => close::INTERNAL,
+        ErrorCode::ShuttingDown => close::GOING_AWAY,
+        ErrorCode::Draining => close::TRY_AGAIN_LATER,
         _ => close::POLICY,
     }
 }
@@ -98,8 +104,37 @@ struct Session {
     bucket: TokenBucket,
 }
 
+/// Counts open sessions in `stamma_signaling_sessions`, however they end.
+struct OpenSession;
+
+impl OpenSession {
+    fn new() -> OpenSession {
+        metrics::gauge!("stamma_signaling_sessions").increment(1.0);
+        OpenSession
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        metrics::gauge!("stamma_signaling_sessions").decrement(1.0);
+    }
+}
+
+fn count_error(code: ErrorCode) {
+    metrics::counter!("stamma_signaling_errors_total", "code" => code.as_str()).increment(1);
+}
+
+/// The `server_draining` signal for a drain ending at `deadline`.
+fn draining_signal(deadline: Instant) -> ServerSignal {
+    let left = deadline.saturating_duration_since(Instant::now());
+    ServerSignal::ServerDraining {
+        deadline_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
 /// Run a session to its end.
 pub async fn run(ws: WebSocket, grant: Grant, state: AppState) {
+    let _open = OpenSession::new();
     let limits = state.limits.clone();
     let mut s = Session {
         ws,
@@ -120,6 +155,9 @@ pub async fn run(ws: WebSocket, grant: Grant, state: AppState) {
             Some(ServerSignal::error(*code, msg.clone()).to_json()),
         ),
     };
+    if let End::Error(code, _) = &end {
+        count_error(*code);
+    }
     if let Some(text) = text {
         let _ = s.ws.send(Message::Text(text.into())).await;
     }
@@ -143,6 +181,9 @@ pub async fn run(ws: WebSocket, grant: Grant, state: AppState) {
 
 impl Session {
     async fn send(&mut self, signal: &ServerSignal) -> Result<(), End> {
+        if let ServerSignal::Error { code, .. } = signal {
+            count_error(*code);
+        }
         self.ws
             .send(Message::Text(signal.to_json().into()))
             .await
@@ -205,10 +246,18 @@ impl Session {
     }
 
     async fn run(&mut self) -> End {
+        // The drain sender lives in `state`, so `changed` cannot fail while we run.
+        let mut phase = self.state.drain.subscribe();
         // Phase 1: wait for join.
         let deadline = Instant::now() + self.state.limits.join_timeout;
         loop {
-            let r = tokio::time::timeout_at(deadline, self.recv()).await;
+            if *phase.borrow_and_update() == Phase::Closing {
+                return shutting_down();
+            }
+            let r = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.recv()) => r,
+                _ = phase.changed() => continue,
+            };
             let signal = match r {
                 Err(_) => {
                     return End::Error(ErrorCode::Timeout, "no join message in time".into());
@@ -248,11 +297,18 @@ impl Session {
         }
         // Phase 2: in the room.
         let room = self.grant.room.clone();
-        let Some(worker) = self.state.rooms.enter(&room) else {
-            return End::Error(ErrorCode::Internal, "no media worker available".into());
+        let worker = match self.state.rooms.enter(&room) {
+            Ok(w) => w,
+            Err(e @ EnterError::Draining) => {
+                return End::Error(
+                    ErrorCode::Draining,
+                    format!("{e}; join again (a load balancer sends you to another)"),
+                );
+            }
+            Err(e @ EnterError::NoWorker) => return End::Error(ErrorCode::Internal, e.to_string()),
         };
         let participant_id = format!("PA_{}", stamma_proto::random_token(12));
-        let end = self.in_room(&worker, &participant_id).await;
+        let end = self.in_room(&worker, &participant_id, &mut phase).await;
         let reason = match &end {
             End::Gone(why) => (*why).to_owned(),
             End::Error(code, _) => format!("{code:?}"),
@@ -267,7 +323,12 @@ impl Session {
         end
     }
 
-    async fn in_room(&mut self, worker: &stamma_sfu::WorkerHandle, participant_id: &str) -> End {
+    async fn in_room(
+        &mut self,
+        worker: &stamma_sfu::WorkerHandle,
+        participant_id: &str,
+        phase: &mut watch::Receiver<Phase>,
+    ) -> End {
         let (tx, mut rx) = mpsc::channel(SIGNAL_QUEUE);
         let g = &self.grant;
         let join = JoinRequest {
@@ -286,8 +347,27 @@ impl Session {
         info!(participant = participant_id, room = %g.room, identity = %g.sub, "session joined");
         let idle = self.state.limits.idle_timeout;
         let mut last_heard = Instant::now();
+        // `server_draining` goes out after `joined`, never before it.
+        let mut joined = false;
+        let mut owe_draining = None;
+        if let Phase::Draining { deadline } = *phase.borrow_and_update() {
+            owe_draining = Some(deadline);
+        }
         loop {
             tokio::select! {
+                _ = phase.changed() => {
+                    let now = *phase.borrow_and_update();
+                    match now {
+                        Phase::Serving => {}
+                        Phase::Draining { deadline } if joined => {
+                            if let Err(e) = self.send(&draining_signal(deadline)).await {
+                                return e;
+                            }
+                        }
+                        Phase::Draining { deadline } => owe_draining = Some(deadline),
+                        Phase::Closing => return shutting_down(),
+                    }
+                }
                 out = rx.recv() => match out {
                     Some(ToParticipant::Signal(mut s)) => {
                         if let ServerSignal::Joined { ice_servers, .. } = &mut s {
@@ -298,6 +378,14 @@ impl Session {
                         }
                         if let Err(e) = self.send(&s).await {
                             return e;
+                        }
+                        if matches!(s, ServerSignal::Joined { .. }) {
+                            joined = true;
+                            if let Some(deadline) = owe_draining.take()
+                                && let Err(e) = self.send(&draining_signal(deadline)).await
+                            {
+                                return e;
+                            }
                         }
                     }
                     Some(ToParticipant::Close(code, message)) => return End::Error(code, message),
@@ -337,4 +425,11 @@ impl Session {
             }
         }
     }
+}
+
+fn shutting_down() -> End {
+    End::Error(
+        ErrorCode::ShuttingDown,
+        "the server is shutting down; join again".into(),
+    )
 }

@@ -287,7 +287,10 @@ impl Webhooks {
         for q in self.queues.iter() {
             if q.try_send(event.clone()).is_err() {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                debug!(event = event.event.as_str(), "webhook queue full; event dropped");
+                debug!(
+                    event = event.event.as_str(),
+                    "webhook queue full; event dropped"
+                );
             }
         }
     }
@@ -374,13 +377,43 @@ mod tests {
         let body = br#"{"event":"room_started"}"#;
         let h = sign("whsec-0123456789abcdef", 1_800_000_000, body);
         let tol = Duration::from_secs(300);
-        assert!(verify_signature("whsec-0123456789abcdef", &h, body, now, tol));
-        assert!(!verify_signature("whsec-other-secret-000", &h, body, now, tol));
-        assert!(!verify_signature("whsec-0123456789abcdef", &h, b"{}", now, tol));
+        assert!(verify_signature(
+            "whsec-0123456789abcdef",
+            &h,
+            body,
+            now,
+            tol
+        ));
+        assert!(!verify_signature(
+            "whsec-other-secret-000",
+            &h,
+            body,
+            now,
+            tol
+        ));
+        assert!(!verify_signature(
+            "whsec-0123456789abcdef",
+            &h,
+            b"{}",
+            now,
+            tol
+        ));
         let late = now + Duration::from_secs(301);
-        assert!(!verify_signature("whsec-0123456789abcdef", &h, body, late, tol));
+        assert!(!verify_signature(
+            "whsec-0123456789abcdef",
+            &h,
+            body,
+            late,
+            tol
+        ));
         for bad in ["", "t=1", "v1=00", "t=x,v1=00", "t=1800000000,v1=zz"] {
-            assert!(!verify_signature("whsec-0123456789abcdef", bad, body, now, tol));
+            assert!(!verify_signature(
+                "whsec-0123456789abcdef",
+                bad,
+                body,
+                now,
+                tol
+            ));
         }
     }
 
@@ -397,9 +430,18 @@ mod tests {
     fn endpoints_are_validated() {
         assert!(Endpoint::new("https://hooks.example.eu/stamma".into(), "s".repeat(16)).is_ok());
         assert!(Endpoint::new("http://127.0.0.1:9/x".into(), "s".repeat(16)).is_ok());
-        for url in ["ftp://x", "https://", "http:///x", "hooks.example.eu", "https://a b"] {
+        for url in [
+            "ftp://x",
+            "https://",
+            "http:///x",
+            "hooks.example.eu",
+            "https://a b",
+        ] {
             assert!(
-                matches!(Endpoint::new(url.into(), "s".repeat(16)), Err(WebhookConfigError::BadUrl(_))),
+                matches!(
+                    Endpoint::new(url.into(), "s".repeat(16)),
+                    Err(WebhookConfigError::BadUrl(_))
+                ),
                 "{url}"
             );
         }

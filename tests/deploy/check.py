@@ -11,11 +11,13 @@ usage: check.py path/to/stamma
 """
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 import urllib.request
@@ -122,18 +124,25 @@ def start_server(config_path, extra_env):
     env["RUST_LOG"] = "info"
     p = subprocess.Popen([str(STAMMA), "serve", "--config", str(config_path)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A reader thread, so the deadline holds even when the server goes quiet.
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in p.stdout], daemon=True).start()
     deadline = time.monotonic() + 30
-    lines = []
+    seen = []
     while time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"http_addr=(\S+)", re.sub(r"\x1b\[[0-9;]*m", "", line))
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            if p.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        # Text (`http_addr=1.2.3.4:5`) or JSON (`"http_addr":"1.2.3.4:5"`) logs.
+        m = re.search(r'http_addr"?[=:]"?([0-9.]+:[0-9]+)', re.sub(r"\x1b\[[0-9;]*m", "", line))
         if m and "listening" in line:
-            return p, m.group(1).strip('"')
+            return p, m.group(1)
     p.kill()
-    raise AssertionError("server did not start:\n" + "".join(lines[:12]))
+    raise AssertionError("server did not start:\n" + "".join(seen[:12]))
 
 
 def chart_config_starts_the_server():

@@ -90,6 +90,15 @@ fn subscriber_switches_to_low_layer_when_bandwidth_drops_and_back_when_it_recove
         "{seq:?}"
     );
     assert_eq!(rx.timestamp_regressions(), 0);
+    // What /metrics exports saw the same: the switches, the repairs asked
+    // for on the lossy link, the estimates the Allocator ran on.
+    let stats = sim.worker().stats();
+    assert!(
+        stats.layer_switches >= switches.len() as u64,
+        "{stats:?} vs {switches:?}"
+    );
+    assert!(stats.nacks_received > 0, "{stats:?}");
+    assert!(sim.worker().drain_bwe_samples().count() > 0);
     Ok(())
 }
 
@@ -112,6 +121,7 @@ fn twenty_keyframe_requests_in_100_ms_reach_the_publisher_once() -> anyhow::Resu
         p.layers.iter().map(|l| l.keyframe_requests.len()).sum()
     };
     let before = count(&sim);
+    let stats_before = sim.worker().stats();
     for i in 1..=20 {
         assert!(
             sim.request_keyframe(i, &track)?,
@@ -126,6 +136,11 @@ fn twenty_keyframe_requests_in_100_ms_reach_the_publisher_once() -> anyhow::Resu
         1,
         "keyframe requests reaching the publisher"
     );
+    // The counters behind stamma_plis_received_total and
+    // stamma_keyframe_requests_sent_total tell the same story.
+    let stats = sim.worker().stats();
+    assert_eq!(stats.plis_received - stats_before.plis_received, 20);
+    assert_eq!(stats.keyframe_requests - stats_before.keyframe_requests, 1);
     Ok(())
 }
 
