@@ -180,6 +180,10 @@ pub enum ServerSignal {
         participant: ParticipantInfo,
         /// Everyone else already in the room, with their tracks.
         participants: Vec<ParticipantInfo>,
+        /// The room requires end-to-end encryption (a room option set through
+        /// the admin API); clients must not send media in clear.
+        #[serde(default)]
+        e2ee_required: bool,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -239,6 +243,14 @@ pub enum ServerSignal {
     Pong {
         ts: u64,
     },
+    /// An administrator changed a participant's role (sent to the room and
+    /// to the participant). `can_publish` is what the participant may do
+    /// now; a participant that lost it has had its tracks unpublished.
+    RoleChanged {
+        participant_id: String,
+        role: Role,
+        can_publish: bool,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -275,6 +287,10 @@ pub enum ErrorCode {
     Timeout,
     /// The server failed. Fatal.
     Internal,
+    /// An administrator removed this participant. Fatal.
+    Removed,
+    /// An administrator deleted the room. Fatal.
+    RoomClosed,
 }
 
 impl ClientSignal {

@@ -5,6 +5,7 @@
 //! and returns datagrams to send and signals for participants. The UDP socket,
 //! the thread and the clock live in [`driver`].
 
+pub mod admin;
 pub mod allocator;
 pub mod command;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod subscription;
 pub mod track;
 pub mod worker;
 
+pub use admin::{AdminCommand, AdminError, ParticipantSnapshot, RoomOptions};
 pub use command::{Command, JoinRequest, ToParticipant};
 pub use config::SfuConfig;
 pub use driver::{MediaPlane, WorkerHandle};

@@ -31,6 +31,8 @@ use crate::speaker::attenuation_db;
 use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::{MAX_LAYERS, PACKET_OVERHEAD_BYTES, Track};
 
+mod admin;
+
 /// How often the worker wakes up with nothing else to do, to check timeouts.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Remote addresses remembered per participant (ICE may try several).
@@ -315,6 +317,7 @@ impl Worker {
                     self.remove(key, &reason);
                 }
             }
+            Command::Admin(c) => self.admin(now, c),
         }
         self.settle(now);
         self.reap_signal_failures();
@@ -334,19 +337,18 @@ impl Worker {
                     .is_some_and(|p| p.identity == req.identity)
             })
         });
-        // A replacement does not need a free seat.
+        // A replacement does not need a free seat. The room's own limit (admin API) wins.
+        let max =
+            (req.room_options.max_participants).unwrap_or(self.config.max_participants_per_room);
         let full = existing.is_none()
             && self
                 .rooms
                 .get(&req.room)
-                .is_some_and(|r| r.participants.len() >= self.config.max_participants_per_room);
+                .is_some_and(|r| r.participants.len() >= max);
         if full {
             let _ = req.signals.try_send(crate::ToParticipant::Close(
                 ErrorCode::RoomFull,
-                format!(
-                    "room is full ({} participants)",
-                    self.config.max_participants_per_room
-                ),
+                format!("room is full ({max} participants)"),
             ));
             return;
         }
@@ -360,6 +362,7 @@ impl Worker {
             self.remove(old, "replaced by a newer connection");
         }
         let signals = req.signals.clone();
+        let e2ee_required = req.room_options.e2ee_required;
         let bwe = self
             .config
             .allocator
@@ -413,6 +416,7 @@ impl Worker {
             room: room_name.clone(),
             participant: p.info(),
             participants: others,
+            e2ee_required,
         });
         let info = p.info();
         info!(participant = %p.id, room = %room_name, role = ?p.role, "participant joined");
@@ -619,7 +623,10 @@ impl Worker {
             return;
         }
         t.muted = muted;
-        let (room, pid, tid) = (p.room.clone(), p.id.clone(), t.id.clone());
+        let (room, pid, tid, mid) = (p.room.clone(), p.id.clone(), t.id.clone(), t.mid);
+        if muted {
+            self.restart_subscribers(key, mid);
+        }
         self.broadcast(&room, key, |_| ServerSignal::TrackMuted {
             track_id: tid.clone(),
             participant_id: pid.clone(),
@@ -1516,6 +1523,10 @@ impl Worker {
             l.keyframe_pending = false;
             l.keyframe_since_request = true;
         }
+        // A muted track is not forwarded (nor counted as speaking).
+        if track.muted {
+            return;
+        }
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
         };
@@ -1753,6 +1764,7 @@ mod sans_io_tests {
                 can_publish: true,
                 can_subscribe: true,
                 signals: tx,
+                room_options: Default::default(),
             })),
         );
         rx

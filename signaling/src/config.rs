@@ -17,6 +17,8 @@ pub struct ServerConfig {
     pub keys: ApiKeys,
     /// Signaling session limits (timeouts, message rate).
     pub limits: crate::session::Limits,
+    /// Base URL of join links made by the admin API (`http.public_url`).
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +36,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct HttpSection {
     bind: Option<SocketAddr>,
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +79,7 @@ impl ServerConfig {
             media: SfuConfig::default(),
             keys: ApiKeys::default(),
             limits: crate::session::Limits::default(),
+            public_url: None,
         }
     }
 
@@ -90,6 +94,7 @@ impl ServerConfig {
             .http
             .bind
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7880)));
+        c.public_url = file.http.public_url;
         c.media.bind_ip = file.media.bind_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         c.media.public_ip = file.media.public_ip;
         if let Some(p) = file.media.port {
@@ -118,6 +123,9 @@ impl ServerConfig {
     pub fn apply_env(&mut self) -> anyhow::Result<()> {
         if let Some(v) = env("STAMMA_HTTP_BIND")? {
             self.http_addr = v;
+        }
+        if let Some(v) = env("STAMMA_HTTP_PUBLIC_URL")? {
+            self.public_url = Some(v);
         }
         if let Some(v) = env("STAMMA_MEDIA_BIND_IP")? {
             self.media.bind_ip = v;
@@ -154,6 +162,13 @@ impl ServerConfig {
         }
         if !(50..=100_000).contains(&self.media.bwe_initial_kbps) {
             bail!("media.bwe_initial_kbps must be between 50 and 100000");
+        }
+        if let Some(u) = &self.public_url
+            && !((u.starts_with("http://") || u.starts_with("https://"))
+                && u.len() <= 512
+                && u.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!("http.public_url must be an http:// or https:// URL");
         }
         if self.media.workers == 0 {
             bail!("media.workers must be at least 1");

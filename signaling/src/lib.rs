@@ -1,6 +1,7 @@
 //! The `stamma` server: signaling over WebSocket, join tokens, the HTTP API
 //! and the browser page, in front of the media plane (`stamma-sfu`).
 
+pub mod api;
 pub mod config;
 pub mod http;
 pub mod keys;
@@ -24,6 +25,7 @@ pub struct AppState {
     pub keys: Arc<ApiKeys>,
     pub rooms: Arc<rooms::RoomDirectory>,
     pub limits: Arc<session::Limits>,
+    pub api: Arc<api::ApiSettings>,
 }
 
 /// A started server.
@@ -43,6 +45,10 @@ impl Server {
             keys: Arc::new(config.keys.clone()),
             rooms: Arc::new(rooms::RoomDirectory::new(plane.workers)),
             limits: Arc::new(config.limits.clone()),
+            api: Arc::new(api::ApiSettings {
+                public_url: config.public_url.clone(),
+                ..api::ApiSettings::default()
+            }),
         };
         let listener = TcpListener::bind(config.http_addr)
             .await

@@ -248,11 +248,14 @@ impl Session {
         }
         // Phase 2: in the room.
         let room = self.grant.room.clone();
-        let Some(worker) = self.state.rooms.enter(&room) else {
+        let Some(entered) = self.state.rooms.enter(&room) else {
             return End::Error(ErrorCode::Internal, "no media worker available".into());
         };
+        let worker = entered.worker;
         let participant_id = format!("PA_{}", stamma_proto::random_token(12));
-        let end = self.in_room(&worker, &participant_id).await;
+        let end = self
+            .in_room(&worker, &participant_id, entered.options)
+            .await;
         let reason = match &end {
             End::Gone(why) => (*why).to_owned(),
             End::Error(code, _) => format!("{code:?}"),
@@ -263,11 +266,16 @@ impl Session {
                 reason,
             })
             .await;
-        self.state.rooms.leave(&room);
+        self.state.rooms.leave(&entered.ticket);
         end
     }
 
-    async fn in_room(&mut self, worker: &stamma_sfu::WorkerHandle, participant_id: &str) -> End {
+    async fn in_room(
+        &mut self,
+        worker: &stamma_sfu::WorkerHandle,
+        participant_id: &str,
+        room_options: stamma_sfu::RoomOptions,
+    ) -> End {
         let (tx, mut rx) = mpsc::channel(SIGNAL_QUEUE);
         let g = &self.grant;
         let join = JoinRequest {
@@ -279,6 +287,7 @@ impl Session {
             can_publish: g.can_publish(),
             can_subscribe: g.grants.subscribe,
             signals: tx,
+            room_options,
         };
         if worker.send(Command::Join(Box::new(join))).await.is_err() {
             return End::Error(ErrorCode::Internal, "media worker stopped".into());
