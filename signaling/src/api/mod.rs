@@ -207,6 +207,16 @@ fn json_problem(e: &JsonRejection) -> Problem {
     Problem::new(status, code, e.body_text())
 }
 
+/// An optional field may be left out but not be `null` (the document says
+/// so; an explicit null is more likely a client bug than a wish for the default).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// A name given in a body: 1–64 characters, no control characters.
 fn check_body_name(what: &str, v: &str) -> Result<(), Problem> {
     let chars = v.chars().count();
@@ -287,9 +297,9 @@ async fn list_rooms(admin: Admin, State(state): State<AppState>) -> Response {
 #[serde(deny_unknown_fields)]
 struct CreateRoom {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     max_participants: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     default_role: Option<Role>,
     #[serde(default)]
     e2ee_required: bool,
@@ -503,13 +513,13 @@ async fn mute_track(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateLink {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     role: Option<Role>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     identity: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     ttl_s: Option<u64>,
 }
 
