@@ -11,6 +11,11 @@ pub const CLOCK_SKEW_SECS: u64 = 30;
 /// Longest identity, display name or room name a token may carry, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// The `room` claim of an admin token that is not tied to one room. Valid
+/// only together with the admin grant; such a token administers every room
+/// through the admin API and joins none.
+pub const ALL_ROOMS: &str = "*";
+
 /// What a participant is in a meeting; sets the default grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -167,7 +172,24 @@ impl Grant {
         self.grants.publish && self.role != Role::Attendee
     }
 
+    /// Whether this token may administer `room` through the admin API: a
+    /// node-wide admin token may administer any room, a join token with the
+    /// admin grant only its own.
+    pub fn may_administer(&self, room: &str) -> bool {
+        self.grants.admin && (self.room == ALL_ROOMS || self.room == room)
+    }
+
+    /// Whether this is a node-wide admin token (room [`ALL_ROOMS`]).
+    pub fn is_node_admin(&self) -> bool {
+        self.grants.admin && self.room == ALL_ROOMS
+    }
+
     fn validate_fields(&self) -> Result<(), GrantError> {
+        if self.room == ALL_ROOMS && !self.grants.admin {
+            return Err(GrantError::Invalid(format!(
+                "room {ALL_ROOMS:?} is only valid with the admin grant"
+            )));
+        }
         for (what, value) in [("room", &self.room), ("identity (sub)", &self.sub)] {
             if value.is_empty() {
                 return Err(GrantError::Invalid(format!("{what} is empty")));
@@ -298,6 +320,23 @@ mod tests {
             Err(GrantError::Malformed(_))
         ));
         assert_eq!(Grant::verify("", lookup), Err(GrantError::Missing));
+    }
+
+    #[test]
+    fn all_rooms_claim_needs_the_admin_grant() {
+        let g = Grant::new("key1", ALL_ROOMS, "ops", Role::Speaker, 60);
+        assert!(matches!(
+            g.mint("key1", SECRET),
+            Err(GrantError::Invalid(_))
+        ));
+        let mut g = Grant::new("key1", ALL_ROOMS, "ops", Role::Host, 60);
+        let t = g.mint("key1", SECRET).unwrap();
+        let v = Grant::verify(&t, lookup).unwrap();
+        assert!(v.is_node_admin() && v.may_administer("any-room"));
+        g.room = "r".into();
+        assert!(g.may_administer("r") && !g.may_administer("other") && !g.is_node_admin());
+        g.grants.admin = false;
+        assert!(!g.may_administer("r"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 pub mod grant;
 pub mod signal;
 
-pub use grant::{Grant, GrantError, Grants, Role};
+pub use grant::{ALL_ROOMS, Grant, GrantError, Grants, Role};
 pub use signal::{
     ClientSignal, ErrorCode, IceServer, LayerState, MediaKind, ParticipantInfo, PauseReason,
     PublishedTrack, ServerSignal, Speaker, SubscribedTrack, TrackInfo, TrackSource, VideoQuality,

@@ -195,6 +195,10 @@ pub enum ServerSignal {
         /// TURN (and STUN) servers to use; empty when none is configured.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
+        /// The room requires end-to-end encryption (a room option set through
+        /// the admin API); clients must not send media in clear.
+        #[serde(default)]
+        e2ee_required: bool,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -261,6 +265,14 @@ pub enum ServerSignal {
     ServerDraining {
         deadline_ms: u64,
     },
+    /// An administrator changed a participant's role (sent to the room and
+    /// to the participant). `can_publish` is what the participant may do
+    /// now; a participant that lost it has had its tracks unpublished.
+    RoleChanged {
+        participant_id: String,
+        role: Role,
+        can_publish: bool,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -302,6 +314,10 @@ pub enum ErrorCode {
     Draining,
     /// The server's drain deadline passed with the session still open. Fatal.
     ShuttingDown,
+    /// An administrator removed this participant. Fatal.
+    Removed,
+    /// An administrator deleted the room. Fatal.
+    RoomClosed,
 }
 
 impl ErrorCode {
@@ -325,6 +341,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Draining => "draining",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Removed => "removed",
+            ErrorCode::RoomClosed => "room_closed",
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct JoinRequest {
     pub can_subscribe: bool,
     /// Where the worker sends this participant's signals.
     pub signals: mpsc::Sender<ToParticipant>,
+    /// The room's options (from the admin API; defaults for implicit rooms).
+    pub room_options: crate::admin::RoomOptions,
 }
 
 #[derive(Debug)]
@@ -36,6 +38,7 @@ pub enum Command {
         participant_id: String,
         reason: String,
     },
+    Admin(crate::admin::AdminCommand),
 }
 
 /// Worker → session.

@@ -26,6 +26,8 @@ pub struct SfuConfig {
     pub allocator: bool,
     /// Downlink estimate a new subscriber starts from, before feedback.
     pub bwe_initial_kbps: u32,
+    /// Where room, participant and track events go (webhooks).
+    pub events: crate::EventSink,
 }
 
 impl Default for SfuConfig {
@@ -41,6 +43,7 @@ impl Default for SfuConfig {
             media_timeout: Duration::from_secs(30),
             allocator: true,
             bwe_initial_kbps: 1_000,
+            events: crate::EventSink::default(),
         }
     }
 }

@@ -5,11 +5,13 @@
 //! and returns datagrams to send and signals for participants. The UDP socket,
 //! the thread and the clock live in [`driver`].
 
+pub mod admin;
 pub mod allocator;
 pub mod command;
 pub mod config;
 pub mod demux;
 pub mod driver;
+pub mod event;
 pub mod forwarder;
 pub mod participant;
 pub mod room;
@@ -18,9 +20,11 @@ pub mod subscription;
 pub mod track;
 pub mod worker;
 
+pub use admin::{AdminCommand, AdminError, ParticipantSnapshot, RoomOptions};
 pub use command::{Command, JoinRequest, ToParticipant};
 pub use config::SfuConfig;
 pub use driver::{MediaPlane, WorkerHandle};
+pub use event::{EventSink, MediaEvent};
 pub use worker::Worker;
 
 /// Errors starting the media plane.

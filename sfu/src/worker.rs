@@ -24,12 +24,15 @@ use crate::allocator::{Allocation, Demand, Priority, allocate, max_layer};
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
 use crate::demux::{Demux, ParticipantKey};
+use crate::event::MediaEvent;
 use crate::forwarder::Forward;
 use crate::participant::{Participant, PendingOffer};
 use crate::room::Room;
 use crate::speaker::attenuation_db;
 use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::{MAX_LAYERS, PACKET_OVERHEAD_BYTES, Track};
+
+mod admin;
 
 /// How often the worker wakes up with nothing else to do, to check timeouts.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
@@ -91,6 +94,8 @@ pub struct WorkerStats {
     pub layer_switches: u64,
     pub participants_joined: u64,
     pub participants_left: u64,
+    /// Room/participant/track events dropped because their channel was full.
+    pub events_dropped: u64,
 }
 
 /// What a worker holds now (computed on demand, not per packet).
@@ -371,6 +376,7 @@ impl Worker {
                     self.remove(key, &reason);
                 }
             }
+            Command::Admin(c) => self.admin(now, c),
         }
         self.settle(now);
         self.reap_signal_failures();
@@ -390,19 +396,18 @@ impl Worker {
                     .is_some_and(|p| p.identity == req.identity)
             })
         });
-        // A replacement does not need a free seat.
+        // A replacement does not need a free seat. The room's own limit (admin API) wins.
+        let max =
+            (req.room_options.max_participants).unwrap_or(self.config.max_participants_per_room);
         let full = existing.is_none()
             && self
                 .rooms
                 .get(&req.room)
-                .is_some_and(|r| r.participants.len() >= self.config.max_participants_per_room);
+                .is_some_and(|r| r.participants.len() >= max);
         if full {
             let _ = req.signals.try_send(crate::ToParticipant::Close(
                 ErrorCode::RoomFull,
-                format!(
-                    "room is full ({} participants)",
-                    self.config.max_participants_per_room
-                ),
+                format!("room is full ({max} participants)"),
             ));
             return;
         }
@@ -416,6 +421,7 @@ impl Worker {
             self.remove(old, "replaced by a newer connection");
         }
         let signals = req.signals.clone();
+        let e2ee_required = req.room_options.e2ee_required;
         let bwe = self
             .config
             .allocator
@@ -432,6 +438,11 @@ impl Worker {
             }
         };
         let room_name = p.room.clone();
+        if !self.rooms.contains_key(&room_name) {
+            self.emit(|| MediaEvent::RoomStarted {
+                room: room_name.clone(),
+            });
+        }
         let room = self
             .rooms
             .entry(room_name.clone())
@@ -471,9 +482,16 @@ impl Worker {
             participants: others,
             // Signaling adds the TURN servers (credentials are its business).
             ice_servers: Vec::new(),
+            e2ee_required,
         });
         let info = p.info();
         info!(participant = %p.id, room = %room_name, role = ?p.role, "participant joined");
+        if !self.config.events.emit(|| MediaEvent::ParticipantJoined {
+            room: room_name.clone(),
+            participant: info.clone(),
+        }) {
+            self.stats.events_dropped += 1;
+        }
         self.stats.participants_joined += 1;
         room.participants.push(key);
         self.demux.add_ufrag(p.ufrag.clone(), key);
@@ -485,6 +503,13 @@ impl Worker {
         // Drain the new Rtc (candidate added) before its first offer.
         self.drain(key);
         self.maybe_offer(key);
+    }
+
+    /// Report an event outside the media plane (never waits; counts drops).
+    fn emit(&mut self, event: impl FnOnce() -> MediaEvent) {
+        if !self.config.events.emit(event) {
+            self.stats.events_dropped += 1;
+        }
     }
 
     /// Send a signal to everyone in `room` except `except`.
@@ -518,6 +543,19 @@ impl Worker {
         p.rtc.disconnect();
         info!(participant = %p.id, room = %p.room, reason, "participant left");
         self.stats.participants_left += 1;
+        let who = p.info();
+        for t in &p.published {
+            self.emit(|| MediaEvent::TrackUnpublished {
+                room: p.room.clone(),
+                participant: who.clone(),
+                track: t.info(&p.id),
+            });
+        }
+        self.emit(|| MediaEvent::ParticipantLeft {
+            room: p.room.clone(),
+            participant: who.clone(),
+            reason: reason.to_owned(),
+        });
         let tracks: Vec<(String, Mid)> =
             p.published.iter().map(|t| (t.id.clone(), t.mid)).collect();
         if let Some(room) = self.rooms.get_mut(&p.room) {
@@ -539,6 +577,9 @@ impl Worker {
         {
             self.rooms.remove(&p.room);
             debug!(room = %p.room, "room closed");
+            self.emit(|| MediaEvent::RoomFinished {
+                room: p.room.clone(),
+            });
         }
     }
 
@@ -593,8 +634,14 @@ impl Worker {
                     return;
                 };
                 let mid = t.mid;
+                let (track, who) = (t.info(&p.id), p.info());
                 p.published.retain(|t| t.id != track_id);
                 let (room, pid) = (p.room.clone(), p.id.clone());
+                self.emit(|| MediaEvent::TrackUnpublished {
+                    room: room.clone(),
+                    participant: who,
+                    track,
+                });
                 self.unpublish_from_room(&room, key, &pid, &track_id, mid);
             }
             // join, leave and ping are handled by the session.
@@ -679,7 +726,10 @@ impl Worker {
             return;
         }
         t.muted = muted;
-        let (room, pid, tid) = (p.room.clone(), p.id.clone(), t.id.clone());
+        let (room, pid, tid, mid) = (p.room.clone(), p.id.clone(), t.id.clone(), t.mid);
+        if muted {
+            self.restart_subscribers(key, mid);
+        }
         self.broadcast(&room, key, |_| ServerSignal::TrackMuted {
             track_id: tid.clone(),
             participant_id: pid.clone(),
@@ -923,6 +973,14 @@ impl Worker {
             .filter(|t| new.contains(&t.id))
             .map(|t| (t.info(&pid), t.mid, t.kind))
             .collect();
+        let who = p.info();
+        for (info, _, _) in &infos {
+            self.emit(|| MediaEvent::TrackPublished {
+                room: room.clone(),
+                participant: who.clone(),
+                track: info.clone(),
+            });
+        }
         let Some(r) = self.rooms.get(&room) else {
             return;
         };
@@ -1479,8 +1537,14 @@ impl Worker {
                     return;
                 };
                 let (track_id, mid) = (t.id.clone(), t.mid);
+                let (track, who) = (t.info(&p.id), p.info());
                 p.published.retain(|t| t.mid != mid);
                 let (room, pid) = (p.room.clone(), p.id.clone());
+                self.emit(|| MediaEvent::TrackUnpublished {
+                    room: room.clone(),
+                    participant: who,
+                    track,
+                });
                 self.unpublish_from_room(&room, key, &pid, &track_id, mid);
             }
             _ => {}
@@ -1593,6 +1657,10 @@ impl Worker {
         if starts_keyframe {
             l.keyframe_pending = false;
             l.keyframe_since_request = true;
+        }
+        // A muted track is not forwarded (nor counted as speaking).
+        if track.muted {
+            return;
         }
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
@@ -1835,6 +1903,7 @@ mod sans_io_tests {
                 can_publish: true,
                 can_subscribe: true,
                 signals: tx,
+                room_options: Default::default(),
             })),
         );
         rx

@@ -11,6 +11,7 @@ use stamma_sfu::SfuConfig;
 
 use crate::keys::ApiKeys;
 use crate::turn::TurnServer;
+use crate::webhook::{Delivery, Endpoint};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -21,6 +22,11 @@ pub struct ServerConfig {
     pub limits: crate::session::Limits,
     /// TURN servers whose credentials clients get in `joined`.
     pub turn: Vec<TurnServer>,
+    /// Where room, participant and track events are POSTed.
+    pub webhooks: Vec<Endpoint>,
+    pub webhook_delivery: Delivery,
+    /// Base URL of join links made by the admin API (`http.public_url`).
+    pub public_url: Option<String>,
     /// How long a drain waits for rooms to empty before closing them.
     pub drain_timeout: Duration,
     pub log: LogConfig,
@@ -81,6 +87,8 @@ struct FileConfig {
     #[serde(default)]
     turn: Vec<TurnSection>,
     #[serde(default)]
+    webhooks: Vec<WebhookSection>,
+    #[serde(default)]
     server: ServerSection,
     #[serde(default)]
     log: LogSection,
@@ -101,6 +109,13 @@ struct LogSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct WebhookSection {
+    url: String,
+    secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TurnSection {
     urls: Vec<String>,
     secret: String,
@@ -115,6 +130,7 @@ const DEFAULT_TURN_TTL: Duration = Duration::from_secs(12 * 3600);
 #[serde(deny_unknown_fields)]
 struct HttpSection {
     bind: Option<SocketAddr>,
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,8 +189,11 @@ impl ServerConfig {
             keys: ApiKeys::default(),
             limits: crate::session::Limits::default(),
             turn: Vec::new(),
+            webhooks: Vec::new(),
+            webhook_delivery: Delivery::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log: LogConfig::default(),
+            public_url: None,
         }
     }
 
@@ -197,6 +216,7 @@ impl ServerConfig {
             .http
             .bind
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7880)));
+        c.public_url = file.http.public_url;
         c.media.bind_ip = file.media.bind_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         c.media.public_ip = file.media.public_ip;
         if let Some(p) = file.media.port {
@@ -216,6 +236,10 @@ impl ServerConfig {
         }
         for k in &file.keys {
             c.keys.insert(&k.id, &k.secret)?;
+        }
+        for (i, w) in file.webhooks.into_iter().enumerate() {
+            c.webhooks
+                .push(Endpoint::new(w.url, w.secret).with_context(|| format!("webhooks[{i}]"))?);
         }
         for (i, t) in file.turn.into_iter().enumerate() {
             let ttl = t.ttl_s.map_or(DEFAULT_TURN_TTL, Duration::from_secs);
@@ -244,6 +268,9 @@ impl ServerConfig {
     fn apply_env_from(&mut self, vars: Lookup) -> anyhow::Result<()> {
         if let Some(v) = env(vars, "STAMMA_HTTP_BIND")? {
             self.http_addr = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_HTTP_PUBLIC_URL")? {
+            self.public_url = Some(v);
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_BIND_IP")? {
             self.media.bind_ip = v;
@@ -274,6 +301,13 @@ impl ServerConfig {
         }
         if let (Some(id), Some(secret)) = (vars("STAMMA_API_KEY"), vars("STAMMA_API_SECRET")) {
             self.keys.insert(&id, &secret)?;
+        }
+        if let (Some(url), Some(secret)) =
+            (vars("STAMMA_WEBHOOK_URL"), vars("STAMMA_WEBHOOK_SECRET"))
+        {
+            self.webhooks.push(
+                Endpoint::new(url, secret).context("STAMMA_WEBHOOK_URL / STAMMA_WEBHOOK_SECRET")?,
+            );
         }
         if let (Some(urls), Some(secret)) = (vars("STAMMA_TURN_URLS"), vars("STAMMA_TURN_SECRET")) {
             let urls = urls
@@ -306,6 +340,13 @@ impl ServerConfig {
                 "log.level (STAMMA_LOG_LEVEL) {:?} is not a log filter: {e}",
                 self.log.level
             );
+        }
+        if let Some(u) = &self.public_url
+            && !((u.starts_with("http://") || u.starts_with("https://"))
+                && u.len() <= 512
+                && u.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!("http.public_url must be an http:// or https:// URL");
         }
         if self.media.workers == 0 {
             bail!("media.workers must be at least 1");
@@ -351,6 +392,69 @@ secret = "a-secret-of-at-least-32-bytes-length"
         let c = load(include_str!("../../deploy/stamma.example.toml"), &[])?;
         assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
         Ok(())
+    }
+
+    #[test]
+    fn turn_and_webhooks_come_from_the_file_and_env_adds_one_each() -> anyhow::Result<()> {
+        let text = format!(
+            "{BASE}\n[[turn]]\nurls = [\"turn:turn.example.eu:3478\"]\nsecret = \"0123456789abcdef\"\nttl_s = 600\n\n[[webhooks]]\nurl = \"https://hooks.example.eu/a\"\nsecret = \"0123456789abcdef\"\n"
+        );
+        let c = load(&text, &[])?;
+        assert_eq!(c.turn.len(), 1);
+        assert_eq!(c.turn[0].ttl, Duration::from_secs(600));
+        assert_eq!(c.webhooks.len(), 1);
+        let c = load(
+            &text,
+            &[
+                ("STAMMA_TURN_URLS", "turn:a:3478, turns:a:5349"),
+                ("STAMMA_TURN_SECRET", "fedcba9876543210"),
+                ("STAMMA_WEBHOOK_URL", "http://127.0.0.1:9/h"),
+                ("STAMMA_WEBHOOK_SECRET", "fedcba9876543210"),
+            ],
+        )?;
+        assert_eq!(c.turn.len(), 2);
+        assert_eq!(c.turn[1].urls, vec!["turn:a:3478", "turns:a:5349"]);
+        assert_eq!(c.turn[1].ttl, DEFAULT_TURN_TTL);
+        assert_eq!(c.webhooks.len(), 2);
+        assert_eq!(c.webhooks[1].url, "http://127.0.0.1:9/h");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_turn_and_webhook_entries_fail_naming_the_key() {
+        for (extra, key) in [
+            (
+                "[[turn]]\nurls = [\"http://x\"]\nsecret = \"0123456789abcdef\"\n",
+                "turn[0]",
+            ),
+            (
+                "[[turn]]\nurls = [\"turn:x\"]\nsecret = \"short\"\n",
+                "turn[0]",
+            ),
+            (
+                "[[webhooks]]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"\n",
+                "webhooks[0]",
+            ),
+            (
+                "[[webhooks]]\nurl = \"https://x\"\nsecret = \"short\"\n",
+                "webhooks[0]",
+            ),
+        ] {
+            let e = load(&format!("{BASE}\n{extra}"), &[])
+                .map(|_| ())
+                .unwrap_err();
+            assert!(message(e).contains(key), "{extra}");
+        }
+        let e = load(
+            BASE,
+            &[
+                ("STAMMA_WEBHOOK_URL", "nope"),
+                ("STAMMA_WEBHOOK_SECRET", "0123456789abcdef"),
+            ],
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(message(e).contains("STAMMA_WEBHOOK_URL"));
     }
 
     #[test]

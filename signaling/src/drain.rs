@@ -90,12 +90,12 @@ impl Drain {
         if started {
             metrics::gauge!("stamma_draining").set(1.0);
             info!(
-                rooms = self.rooms.room_count(),
+                rooms = self.rooms.occupied_count(),
                 timeout_s = self.timeout.as_secs(),
                 "draining: no new rooms; waiting for the open ones to empty"
             );
         }
-        let mut count = self.rooms.watch_count();
+        let mut count = self.rooms.watch_occupied();
         if let Phase::Draining { deadline } = self.phase() {
             let emptied = tokio::time::timeout_at(deadline, count.wait_for(|n| *n == 0)).await;
             if matches!(emptied, Ok(Ok(_))) {
@@ -104,13 +104,13 @@ impl Drain {
             }
             self.phase.send_replace(Phase::Closing);
             warn!(
-                rooms = self.rooms.room_count(),
+                rooms = self.rooms.occupied_count(),
                 "drain deadline passed; closing the remaining sessions"
             );
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, count.wait_for(|n| *n == 0)).await;
         DrainOutcome::DeadlinePassed {
-            rooms_left: self.rooms.room_count(),
+            rooms_left: self.rooms.occupied_count(),
         }
     }
 }

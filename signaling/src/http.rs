@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rtc", get(rtc))
         .route("/r/{room}", get(room_page))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .merge(crate::api::router())
         .with_state(state)
 }
 
@@ -105,6 +106,10 @@ async fn rtc(
             return error(status, e.code(), e.to_string());
         }
     };
+    if grant.room == stamma_proto::ALL_ROOMS {
+        let msg = "a node-wide admin token is for the admin API; it joins no room";
+        return error(StatusCode::FORBIDDEN, "admin_token", msg);
+    }
     if let Some(room) = q.room
         && room != grant.room
     {

@@ -1,6 +1,7 @@
 //! The `stamma` server: signaling over WebSocket, join tokens, the HTTP API
 //! and the browser page, in front of the media plane (`stamma-sfu`).
 
+pub mod api;
 pub mod config;
 pub mod drain;
 pub mod http;
@@ -34,6 +35,7 @@ pub struct AppState {
     pub turn: Arc<Vec<turn::TurnServer>>,
     pub drain: Arc<drain::Drain>,
     pub metrics: PrometheusHandle,
+    pub api: Arc<api::ApiSettings>,
 }
 
 /// A started server.
@@ -50,7 +52,13 @@ impl Server {
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         // Before the workers start: they register their metrics as they do.
         let metrics = telemetry::install();
-        let plane = MediaPlane::start(config.media.clone()).context("starting the media plane")?;
+        let mut media = config.media.clone();
+        let webhooks =
+            webhook::Webhooks::start(config.webhooks.clone(), config.webhook_delivery.clone());
+        if webhooks.is_enabled() {
+            media.events = webhook::forward_media_events(webhooks);
+        }
+        let plane = MediaPlane::start(media).context("starting the media plane")?;
         let media_addrs = plane.workers.iter().map(|w| w.local_addr).collect();
         let rooms = Arc::new(rooms::RoomDirectory::new(plane.workers));
         let drain = Arc::new(drain::Drain::new(config.drain_timeout, rooms.clone()));
@@ -61,6 +69,10 @@ impl Server {
             turn: Arc::new(config.turn.clone()),
             drain: drain.clone(),
             metrics,
+            api: Arc::new(api::ApiSettings {
+                public_url: config.public_url.clone(),
+                ..api::ApiSettings::default()
+            }),
         };
         let listener = TcpListener::bind(config.http_addr)
             .await

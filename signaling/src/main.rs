@@ -47,10 +47,16 @@ enum Cmd {
 enum TokenCmd {
     /// Print a join token. The key comes from STAMMA_API_KEY/STAMMA_API_SECRET or --config.
     Create {
+        /// Room the token joins (with --admin: the only room it administers;
+        /// without, it administers every room through the admin API).
+        #[arg(long, required_unless_present = "admin")]
+        room: Option<String>,
+        /// Participant identity (with --admin, who acts: default "admin").
+        #[arg(long, required_unless_present = "admin")]
+        identity: Option<String>,
+        /// An admin token for the admin API (/api/v1): role host with the admin grant.
         #[arg(long)]
-        room: String,
-        #[arg(long)]
-        identity: String,
+        admin: bool,
         /// Display name.
         #[arg(long)]
         name: Option<String>,
@@ -151,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
                 TokenCmd::Create {
                     room,
                     identity,
+                    admin,
                     name,
                     role,
                     ttl,
@@ -170,7 +177,11 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut keys = ApiKeys::default();
             keys.insert(&key, &secret)?;
+            let room = room.unwrap_or_else(|| stamma_proto::ALL_ROOMS.to_owned());
+            let identity = identity.unwrap_or_else(|| "admin".to_owned());
+            let role = if admin { Role::Host } else { role };
             let mut g = Grant::new(&key, &room, &identity, role, ttl);
+            g.grants.admin |= admin;
             g.name = name;
             println!("{}", g.mint(&key, secret.as_bytes())?);
             Ok(())

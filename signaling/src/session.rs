@@ -297,8 +297,8 @@ impl Session {
         }
         // Phase 2: in the room.
         let room = self.grant.room.clone();
-        let worker = match self.state.rooms.enter(&room) {
-            Ok(w) => w,
+        let entered = match self.state.rooms.enter(&room) {
+            Ok(e) => e,
             Err(e @ EnterError::Draining) => {
                 return End::Error(
                     ErrorCode::Draining,
@@ -307,8 +307,11 @@ impl Session {
             }
             Err(e @ EnterError::NoWorker) => return End::Error(ErrorCode::Internal, e.to_string()),
         };
+        let worker = entered.worker;
         let participant_id = format!("PA_{}", stamma_proto::random_token(12));
-        let end = self.in_room(&worker, &participant_id, &mut phase).await;
+        let end = self
+            .in_room(&worker, &participant_id, entered.options, &mut phase)
+            .await;
         let reason = match &end {
             End::Gone(why) => (*why).to_owned(),
             End::Error(code, _) => format!("{code:?}"),
@@ -319,7 +322,7 @@ impl Session {
                 reason,
             })
             .await;
-        self.state.rooms.leave(&room);
+        self.state.rooms.leave(&entered.ticket);
         end
     }
 
@@ -327,6 +330,7 @@ impl Session {
         &mut self,
         worker: &stamma_sfu::WorkerHandle,
         participant_id: &str,
+        room_options: stamma_sfu::RoomOptions,
         phase: &mut watch::Receiver<Phase>,
     ) -> End {
         let (tx, mut rx) = mpsc::channel(SIGNAL_QUEUE);
@@ -340,6 +344,7 @@ impl Session {
             can_publish: g.can_publish(),
             can_subscribe: g.grants.subscribe,
             signals: tx,
+            room_options,
         };
         if worker.send(Command::Join(Box::new(join))).await.is_err() {
             return End::Error(ErrorCode::Internal, "media worker stopped".into());

@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::hmac;
 use serde::Serialize;
+use stamma_proto::{ParticipantInfo, TrackInfo};
+use stamma_sfu::{EventSink, MediaEvent};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -209,7 +211,7 @@ pub fn verify_signature(
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
         return None;
     }
     (0..s.len())
@@ -218,7 +220,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Counters behind the `stamma_webhooks_*` metrics.
+/// Delivery counts (also exported as `stamma_webhooks_total{result}`).
 #[derive(Debug, Default)]
 pub struct WebhookStats {
     pub delivered: AtomicU64,
@@ -287,11 +289,76 @@ impl Webhooks {
         for q in self.queues.iter() {
             if q.try_send(event.clone()).is_err() {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("stamma_webhooks_total", "result" => "dropped").increment(1);
                 debug!(
                     event = event.event.as_str(),
                     "webhook queue full; event dropped"
                 );
             }
+        }
+    }
+}
+
+/// Events waiting between the media workers and the webhook queues.
+const MEDIA_EVENT_QUEUE: usize = 4096;
+
+/// An [`EventSink`] for the media plane whose events become webhooks.
+pub fn forward_media_events(webhooks: Webhooks) -> EventSink {
+    let (tx, mut rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            webhooks.notify(Event::from_media(e));
+        }
+    });
+    EventSink::new(tx)
+}
+
+impl Event {
+    fn from_media(e: MediaEvent) -> Event {
+        let who = |p: ParticipantInfo| ParticipantRef {
+            id: p.id,
+            identity: p.identity,
+            name: p.name,
+        };
+        let track = |t: TrackInfo| TrackRef {
+            id: t.id,
+            kind: t.kind,
+            source: t.source,
+        };
+        match e {
+            MediaEvent::RoomStarted { room } => Event::new(EventKind::RoomStarted, &room),
+            MediaEvent::RoomFinished { room } => Event::new(EventKind::RoomFinished, &room),
+            MediaEvent::ParticipantJoined { room, participant } => Event {
+                participant: Some(who(participant)),
+                ..Event::new(EventKind::ParticipantJoined, &room)
+            },
+            MediaEvent::ParticipantLeft {
+                room,
+                participant,
+                reason,
+            } => Event {
+                participant: Some(who(participant)),
+                reason: Some(reason),
+                ..Event::new(EventKind::ParticipantLeft, &room)
+            },
+            MediaEvent::TrackPublished {
+                room,
+                participant,
+                track: t,
+            } => Event {
+                participant: Some(who(participant)),
+                track: Some(track(t)),
+                ..Event::new(EventKind::TrackPublished, &room)
+            },
+            MediaEvent::TrackUnpublished {
+                room,
+                participant,
+                track: t,
+            } => Event {
+                participant: Some(who(participant)),
+                track: Some(track(t)),
+                ..Event::new(EventKind::TrackUnpublished, &room)
+            },
         }
     }
 }
@@ -330,6 +397,8 @@ async fn deliver(
             let retry = match r {
                 Ok(resp) if resp.status().is_success() => {
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("stamma_webhooks_total", "result" => "delivered")
+                        .increment(1);
                     false
                 }
                 // The receiver refused this event itself: retrying will not help,
@@ -340,6 +409,7 @@ async fn deliver(
                         && resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS =>
                 {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("stamma_webhooks_total", "result" => "refused").increment(1);
                     warn!(url = %endpoint.url, status = resp.status().as_u16(), event = event.event.as_str(), "webhook refused");
                     false
                 }
@@ -357,10 +427,12 @@ async fn deliver(
             }
             if attempt == delivery.max_attempts.max(1) {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("stamma_webhooks_total", "result" => "failed").increment(1);
                 warn!(url = %endpoint.url, event = event.event.as_str(), attempts = attempt, "webhook given up");
                 break;
             }
             stats.retried.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("stamma_webhooks_total", "result" => "retried").increment(1);
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(delivery.retry_max);
         }

@@ -78,6 +78,33 @@ fn token_create_prints_a_token_the_server_accepts() {
 }
 
 #[test]
+fn token_create_admin_mints_a_node_wide_admin_token() {
+    let mint = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["token", "create", "--admin"])
+            .args(extra)
+            .env("STAMMA_API_KEY", KEY)
+            .env("STAMMA_API_SECRET", SECRET)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        keys()
+            .verify(String::from_utf8(out.stdout).unwrap().trim())
+            .expect("valid token")
+    };
+    let g = mint(&[]);
+    assert!(g.is_node_admin() && g.may_administer("any"));
+    assert_eq!((g.room.as_str(), g.sub.as_str()), ("*", "admin"));
+    // With --room it administers that room only.
+    let g = mint(&["--room", "council", "--identity", "clerk"]);
+    assert!(g.may_administer("council") && !g.may_administer("other"));
+}
+
+#[test]
 fn token_create_without_a_key_explains_what_is_missing() {
     let out = Command::new(BIN)
         .args(["token", "create", "--room", "r", "--identity", "i"])

@@ -189,7 +189,7 @@ pub struct Received {
 }
 
 /// How a test participant publishes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Publish {
     pub tone_hz: Option<f32>,
     pub video: bool,

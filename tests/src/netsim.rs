@@ -1143,6 +1143,7 @@ impl NetSim {
                 can_publish: role != Role::Attendee,
                 can_subscribe: true,
                 signals: tx,
+                room_options: Default::default(),
             })),
         );
         Ok(n)

@@ -104,6 +104,7 @@ impl SimRoom {
                 can_publish: true,
                 can_subscribe: true,
                 signals: tx,
+                room_options: Default::default(),
             })),
         );
         let mut peer = SimPeer {
