@@ -27,9 +27,18 @@ pub struct ServerConfig {
     pub webhook_delivery: Delivery,
     /// Base URL of join links made by the admin API (`http.public_url`).
     pub public_url: Option<String>,
+    /// Serve HTTPS (and WSS) with this certificate instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
     /// How long a drain waits for rooms to empty before closing them.
     pub drain_timeout: Duration,
     pub log: LogConfig,
+}
+
+/// PEM files of the HTTP listener's certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// Default of `[server] drain_timeout_s`.
@@ -131,6 +140,8 @@ const DEFAULT_TURN_TTL: Duration = Duration::from_secs(12 * 3600);
 struct HttpSection {
     bind: Option<SocketAddr>,
     public_url: Option<String>,
+    tls_cert: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +165,22 @@ struct KeySection {
 
 /// Where `STAMMA_*` overrides come from: the process environment, or a
 /// map in tests (so they need not mutate the shared environment).
+/// Both or neither: a certificate without its key (or the reverse) is a
+/// mistake worth stopping for, not a reason to serve plain HTTP.
+fn tls_files(
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    cert_name: &str,
+    key_name: &str,
+) -> anyhow::Result<Option<TlsFiles>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("{cert_name} is set but {key_name} is not: set both for TLS"),
+        (None, Some(_)) => bail!("{key_name} is set but {cert_name} is not: set both for TLS"),
+    }
+}
+
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn process_env(name: &str) -> Option<String> {
@@ -194,6 +221,7 @@ impl ServerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             log: LogConfig::default(),
             public_url: None,
+            tls: None,
         }
     }
 
@@ -217,6 +245,12 @@ impl ServerConfig {
             .bind
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7880)));
         c.public_url = file.http.public_url;
+        c.tls = tls_files(
+            file.http.tls_cert,
+            file.http.tls_key,
+            "http.tls_cert",
+            "http.tls_key",
+        )?;
         c.media.bind_ip = file.media.bind_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         c.media.public_ip = file.media.public_ip;
         if let Some(p) = file.media.port {
@@ -271,6 +305,22 @@ impl ServerConfig {
         }
         if let Some(v) = env(vars, "STAMMA_HTTP_PUBLIC_URL")? {
             self.public_url = Some(v);
+        }
+        let (cert, key) = (
+            env::<std::path::PathBuf>(vars, "STAMMA_HTTP_TLS_CERT")?,
+            env::<std::path::PathBuf>(vars, "STAMMA_HTTP_TLS_KEY")?,
+        );
+        if cert.is_some() || key.is_some() {
+            let (file_cert, file_key) = match &self.tls {
+                Some(t) => (Some(t.cert.clone()), Some(t.key.clone())),
+                None => (None, None),
+            };
+            self.tls = tls_files(
+                cert.or(file_cert),
+                key.or(file_key),
+                "STAMMA_HTTP_TLS_CERT",
+                "STAMMA_HTTP_TLS_KEY",
+            )?;
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_BIND_IP")? {
             self.media.bind_ip = v;
@@ -417,6 +467,31 @@ secret = "a-secret-of-at-least-32-bytes-length"
         assert_eq!(c.turn[1].ttl, DEFAULT_TURN_TTL);
         assert_eq!(c.webhooks.len(), 2);
         assert_eq!(c.webhooks[1].url, "http://127.0.0.1:9/h");
+        Ok(())
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_env_overrides_either() -> anyhow::Result<()> {
+        let both = format!("{BASE}\n[http]\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"\n");
+        let c = load(&both, &[])?;
+        let t = c.tls.clone().ok_or_else(|| anyhow::anyhow!("no tls"))?;
+        assert_eq!(t.cert, std::path::PathBuf::from("/etc/c.pem"));
+        let c = load(&both, &[("STAMMA_HTTP_TLS_KEY", "/run/k.pem")])?;
+        let t = c.tls.ok_or_else(|| anyhow::anyhow!("no tls"))?;
+        assert_eq!(
+            (t.cert.to_str(), t.key.to_str()),
+            (Some("/etc/c.pem"), Some("/run/k.pem"))
+        );
+        let half = format!("{BASE}\n[http]\ntls_cert = \"/etc/c.pem\"\n");
+        let e = message(load(&half, &[]).map(|_| ()).unwrap_err());
+        assert!(e.contains("http.tls_key"), "{e}");
+        let e = message(
+            load(BASE, &[("STAMMA_HTTP_TLS_CERT", "/c.pem")])
+                .map(|_| ())
+                .unwrap_err(),
+        );
+        assert!(e.contains("STAMMA_HTTP_TLS_KEY"), "{e}");
+        assert!(load(BASE, &[])?.tls.is_none());
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod rooms;
 pub mod session;
 pub mod telemetry;
+pub mod tls;
 pub mod turn;
 pub mod web;
 pub mod webhook;
@@ -74,20 +75,43 @@ impl Server {
                 ..api::ApiSettings::default()
             }),
         };
+        // Before binding: a bad certificate fails the start with its file named.
+        let tls = match &config.tls {
+            Some(t) => {
+                Some(tls::server_config(&t.cert, &t.key).context("http.tls_cert / http.tls_key")?)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
         let http_addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(state);
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
+        let stopped = async move {
+            let _ = rx.await;
+        };
+        let serve = match tls {
+            Some(tls) => {
+                let listener = tls::TlsListener::new(listener, tls)?;
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
                 })
-                .await
-        });
-        tracing::info!(%http_addr, "signaling listening");
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }),
+        };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%http_addr, scheme, "signaling listening");
         Ok(Server {
             http_addr,
             media_addrs,
