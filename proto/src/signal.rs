@@ -318,6 +318,9 @@ pub enum ErrorCode {
     Removed,
     /// An administrator deleted the room. Fatal.
     RoomClosed,
+    /// The server holds as many rooms as it is configured for (`limits.max_rooms`)
+    /// and this room is not one of them. Fatal; try another server.
+    TooManyRooms,
 }
 
 impl ErrorCode {
@@ -343,6 +346,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Removed => "removed",
             ErrorCode::RoomClosed => "room_closed",
+            ErrorCode::TooManyRooms => "too_many_rooms",
         }
     }
 }
@@ -451,6 +455,9 @@ mod tests {
             ErrorCode::Internal,
             ErrorCode::Draining,
             ErrorCode::ShuttingDown,
+            ErrorCode::Removed,
+            ErrorCode::RoomClosed,
+            ErrorCode::TooManyRooms,
         ] {
             let wire = serde_json::to_string(&code).unwrap_or_default();
             assert_eq!(wire, format!("\"{}\"", code.as_str()));

@@ -98,6 +98,8 @@ struct FileConfig {
     #[serde(default)]
     webhooks: Vec<WebhookSection>,
     #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
     server: ServerSection,
     #[serde(default)]
     log: LogSection,
@@ -114,6 +116,17 @@ struct ServerSection {
 struct LogSection {
     format: Option<LogFormat>,
     level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_rooms: Option<usize>,
+    max_message_bytes: Option<usize>,
+    messages_per_second: Option<f64>,
+    message_burst: Option<f64>,
+    join_timeout_s: Option<u64>,
+    idle_timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +284,25 @@ impl ServerConfig {
         for k in &file.keys {
             c.keys.insert(&k.id, &k.secret)?;
         }
+        let l = &file.limits;
+        if let Some(v) = l.max_rooms {
+            c.limits.max_rooms = v;
+        }
+        if let Some(v) = l.max_message_bytes {
+            c.limits.max_message_bytes = v;
+        }
+        if let Some(v) = l.messages_per_second {
+            c.limits.rate_per_sec = v;
+        }
+        if let Some(v) = l.message_burst {
+            c.limits.burst = v;
+        }
+        if let Some(v) = l.join_timeout_s {
+            c.limits.join_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = l.idle_timeout_s {
+            c.limits.idle_timeout = Duration::from_secs(v);
+        }
         for (i, w) in file.webhooks.into_iter().enumerate() {
             c.webhooks
                 .push(Endpoint::new(w.url, w.secret).with_context(|| format!("webhooks[{i}]"))?);
@@ -302,6 +334,24 @@ impl ServerConfig {
     fn apply_env_from(&mut self, vars: Lookup) -> anyhow::Result<()> {
         if let Some(v) = env(vars, "STAMMA_HTTP_BIND")? {
             self.http_addr = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_LIMITS_MAX_ROOMS")? {
+            self.limits.max_rooms = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_LIMITS_MAX_MESSAGE_BYTES")? {
+            self.limits.max_message_bytes = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_LIMITS_MESSAGES_PER_SECOND")? {
+            self.limits.rate_per_sec = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_LIMITS_MESSAGE_BURST")? {
+            self.limits.burst = v;
+        }
+        if let Some(v) = env::<u64>(vars, "STAMMA_LIMITS_JOIN_TIMEOUT_S")? {
+            self.limits.join_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = env::<u64>(vars, "STAMMA_LIMITS_IDLE_TIMEOUT_S")? {
+            self.limits.idle_timeout = Duration::from_secs(v);
         }
         if let Some(v) = env(vars, "STAMMA_HTTP_PUBLIC_URL")? {
             self.public_url = Some(v);
@@ -398,6 +448,25 @@ impl ServerConfig {
         {
             bail!("http.public_url must be an http:// or https:// URL");
         }
+        let l = &self.limits;
+        if !(4096..=stamma_proto::MAX_SIGNAL_BYTES).contains(&l.max_message_bytes) {
+            bail!(
+                "limits.max_message_bytes must be between 4096 and {}",
+                stamma_proto::MAX_SIGNAL_BYTES
+            );
+        }
+        if !(l.rate_per_sec.is_finite() && (0.1..=10_000.0).contains(&l.rate_per_sec)) {
+            bail!("limits.messages_per_second must be between 0.1 and 10000");
+        }
+        if !(l.burst.is_finite() && (1.0..=100_000.0).contains(&l.burst)) {
+            bail!("limits.message_burst must be between 1 and 100000");
+        }
+        if !(1..=300).contains(&l.join_timeout.as_secs()) {
+            bail!("limits.join_timeout_s must be between 1 and 300");
+        }
+        if !(5..=3600).contains(&l.idle_timeout.as_secs()) {
+            bail!("limits.idle_timeout_s must be between 5 and 3600");
+        }
         if self.media.workers == 0 {
             bail!("media.workers must be at least 1");
         }
@@ -492,6 +561,40 @@ secret = "a-secret-of-at-least-32-bytes-length"
         );
         assert!(e.contains("STAMMA_HTTP_TLS_KEY"), "{e}");
         assert!(load(BASE, &[])?.tls.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn limits_come_from_the_file_env_wins_and_bad_ones_are_named() -> anyhow::Result<()> {
+        let text = format!(
+            "{BASE}\n[limits]\nmax_rooms = 40\nmax_message_bytes = 65536\nmessages_per_second = 5\nidle_timeout_s = 30\n"
+        );
+        let c = load(&text, &[])?;
+        assert_eq!(c.limits.max_rooms, 40);
+        assert_eq!(c.limits.max_message_bytes, 65536);
+        assert_eq!(c.limits.rate_per_sec, 5.0);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(30));
+        let c = load(&text, &[("STAMMA_LIMITS_MAX_ROOMS", "7")])?;
+        assert_eq!(c.limits.max_rooms, 7);
+        for (bad, key) in [
+            ("max_message_bytes = 10", "limits.max_message_bytes"),
+            ("messages_per_second = 0", "limits.messages_per_second"),
+            ("idle_timeout_s = 1", "limits.idle_timeout_s"),
+            ("max_rooms = -1", "max_rooms"),
+        ] {
+            let e = message(
+                load(&format!("{BASE}\n[limits]\n{bad}\n"), &[])
+                    .map(|_| ())
+                    .unwrap_err(),
+            );
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let e = message(
+            load(BASE, &[("STAMMA_LIMITS_MAX_ROOMS", "many")])
+                .map(|_| ())
+                .unwrap_err(),
+        );
+        assert!(e.contains("STAMMA_LIMITS_MAX_ROOMS"), "{e}");
         Ok(())
     }
 

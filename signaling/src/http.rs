@@ -132,8 +132,8 @@ async fn rtc(
     upgrade
         // Frames above our limit are read (up to this cap) so the client gets a
         // typed `message_too_large` error instead of a bare disconnect.
-        .max_message_size(MAX_SIGNAL_BYTES * 2)
-        .max_frame_size(MAX_SIGNAL_BYTES * 2)
+        .max_message_size(state.limits.max_message_bytes.min(MAX_SIGNAL_BYTES) * 2)
+        .max_frame_size(state.limits.max_message_bytes.min(MAX_SIGNAL_BYTES) * 2)
         .on_upgrade(move |ws| session::run(ws, grant, state))
 }
 

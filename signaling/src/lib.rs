@@ -62,6 +62,7 @@ impl Server {
         let plane = MediaPlane::start(media).context("starting the media plane")?;
         let media_addrs = plane.workers.iter().map(|w| w.local_addr).collect();
         let rooms = Arc::new(rooms::RoomDirectory::new(plane.workers));
+        rooms.set_max_rooms(config.limits.max_rooms);
         let drain = Arc::new(drain::Drain::new(config.drain_timeout, rooms.clone()));
         let state = AppState {
             keys: Arc::new(config.keys.clone()),

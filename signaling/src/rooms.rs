@@ -91,6 +91,8 @@ pub enum DirectoryError {
     NoWorker,
     #[error("this server is draining and takes no new rooms")]
     Draining,
+    #[error("this server holds as many rooms as it is configured for")]
+    TooManyRooms,
 }
 
 /// Why [`RoomDirectory::enter`] found no worker.
@@ -100,6 +102,8 @@ pub enum EnterError {
     NoWorker,
     #[error("this server is draining and takes no new rooms")]
     Draining,
+    #[error("this server holds as many rooms as it is configured for")]
+    TooManyRooms,
 }
 
 #[derive(Debug)]
@@ -118,6 +122,8 @@ struct Rooms {
     /// Draining: no new rooms. Under the same lock as `map`, so no room can
     /// be created after `refuse_new_rooms` returns.
     refuse_new: bool,
+    /// Most rooms at once; 0 for no limit.
+    max_rooms: usize,
 }
 
 impl Rooms {
@@ -133,6 +139,10 @@ impl Rooms {
                     .sum::<usize>()
             })
             .map(|w| w.index)
+    }
+
+    fn full(&self) -> bool {
+        self.max_rooms > 0 && self.map.len() >= self.max_rooms
     }
 
     fn occupied(&self) -> usize {
@@ -189,6 +199,9 @@ impl RoomDirectory {
             if rooms.refuse_new {
                 return Err(EnterError::Draining);
             }
+            if rooms.full() {
+                return Err(EnterError::TooManyRooms);
+            }
             let w = rooms
                 .least_loaded(&self.workers)
                 .ok_or(EnterError::NoWorker)?;
@@ -241,6 +254,11 @@ impl RoomDirectory {
         self.occupied.subscribe()
     }
 
+    /// At most `max` rooms at once (0: no limit); rooms already open stay.
+    pub fn set_max_rooms(&self, max: usize) {
+        self.lock().max_rooms = max;
+    }
+
     /// From now on only rooms that exist take sessions.
     pub fn refuse_new_rooms(&self) {
         self.lock().refuse_new = true;
@@ -254,6 +272,9 @@ impl RoomDirectory {
         }
         if rooms.refuse_new {
             return Err(DirectoryError::Draining);
+        }
+        if rooms.full() {
+            return Err(DirectoryError::TooManyRooms);
         }
         let w = rooms
             .least_loaded(&self.workers)

@@ -30,6 +30,12 @@ pub struct Limits {
     pub burst: f64,
     /// Messages refused for rate in a row before the session is closed.
     pub max_rate_violations: u32,
+    /// Largest signaling message accepted (at most the protocol's
+    /// `MAX_SIGNAL_BYTES`).
+    pub max_message_bytes: usize,
+    /// Rooms this node holds at once (a node's capacity is finite; past it,
+    /// new rooms belong on another node). 0: no limit.
+    pub max_rooms: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +46,8 @@ impl Default for Limits {
             rate_per_sec: 20.0,
             burst: 50.0,
             max_rate_violations: 50,
+            max_message_bytes: MAX_SIGNAL_BYTES,
+            max_rooms: 0,
         }
     }
 }
@@ -61,7 +69,7 @@ fn close_code_for(code: ErrorCode) -> u16 {
         ErrorCode::BadMessage | ErrorCode::UnsupportedVersion => close::PROTOCOL,
         ErrorCode::Internal => close::INTERNAL,
         ErrorCode::ShuttingDown => close::GOING_AWAY,
-        ErrorCode::Draining => close::TRY_AGAIN_LATER,
+        ErrorCode::Draining | ErrorCode::TooManyRooms => close::TRY_AGAIN_LATER,
         _ => close::POLICY,
     }
 }
@@ -209,11 +217,12 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) => return Ok(None),
             Message::Close(_) => return Err(End::Gone("closed")),
         };
-        if text.len() > MAX_SIGNAL_BYTES {
+        let max = self.state.limits.max_message_bytes;
+        if text.len() > max {
             return Err(End::Error(
                 ErrorCode::MessageTooLarge,
                 format!(
-                    "message of {} bytes exceeds the limit of {MAX_SIGNAL_BYTES} bytes",
+                    "message of {} bytes exceeds the limit of {max} bytes",
                     text.len()
                 ),
             ));
@@ -306,6 +315,9 @@ impl Session {
                 );
             }
             Err(e @ EnterError::NoWorker) => return End::Error(ErrorCode::Internal, e.to_string()),
+            Err(e @ EnterError::TooManyRooms) => {
+                return End::Error(ErrorCode::TooManyRooms, e.to_string());
+            }
         };
         let worker = entered.worker;
         let participant_id = format!("PA_{}", stamma_proto::random_token(12));

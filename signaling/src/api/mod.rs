@@ -338,7 +338,7 @@ async fn create_room(
                 "room_exists",
                 "a room of this name exists (created earlier, or someone is in it)",
             ),
-            DirectoryError::NoWorker | DirectoryError::Draining => {
+            DirectoryError::NoWorker | DirectoryError::Draining | DirectoryError::TooManyRooms => {
                 Problem::unavailable(e.to_string())
             }
         })?;
