@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::network_type::NetworkType;
 use rtc::interceptor::{
     Attribute, AttributedPacket, Interceptor, Packet as InterceptorPacket, Slot, StreamInfo,
     TaggedPacket,
@@ -51,9 +52,9 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCBundlePolicy, RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer,
-    RTCIceTransportPolicy, RTCPeerConnectionState, RTCRtcpMuxPolicy, RTCSessionDescription,
-    Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCBundlePolicy, RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionState, RTCRtcpMuxPolicy,
+    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 use webrtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender, RtpTransceiver,
@@ -416,6 +417,8 @@ struct Shared {
     gathered: watch::Receiver<u64>,
     remote_tracks: StdMutex<Vec<RemoteEntry>>,
     closed: AtomicBool,
+    /// ICE over TCP: remote passive candidates already handed to the stack.
+    tcp_dialed: Option<StdMutex<Vec<String>>>,
 }
 
 #[derive(Clone)]
@@ -447,6 +450,9 @@ pub struct PeerOptions {
     pub ice_servers: Vec<stamma_proto::IceServer>,
     /// Gather only TURN relay candidates (`iceTransportPolicy: "relay"`).
     pub relay_only: bool,
+    /// No UDP at all: active ICE-TCP candidates only (RFC 6544), as a
+    /// client on a network that blocks UDP.
+    pub tcp_only: bool,
 }
 
 impl Peer {
@@ -494,10 +500,13 @@ impl Peer {
             KeyframeRequestForwarder::default(),
         );
 
-        let setting_engine = SettingEngineBuilder::new()
+        let mut setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_include_loopback_candidate(true)
-            .build();
+            .with_include_loopback_candidate(true);
+        if options.tcp_only {
+            setting_engine = setting_engine.with_network_types(vec![NetworkType::Tcp4]);
+        }
+        let setting_engine = setting_engine.build();
         let ice_servers = options
             .ice_servers
             .iter()
@@ -534,7 +543,16 @@ impl Peer {
             .with_setting_engine(setting_engine)
             .with_interceptor_registry(registry)
             .with_handler(handler)
-            .with_udp_addrs(vec![SocketAddr::new(bind_ip, 0)])
+            .with_udp_addrs(if options.tcp_only {
+                vec![]
+            } else {
+                vec![SocketAddr::new(bind_ip, 0)]
+            })
+            .with_tcp_addrs(if options.tcp_only {
+                vec![SocketAddr::new(bind_ip, 0)]
+            } else {
+                vec![]
+            })
             .build()
             .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
@@ -544,6 +562,7 @@ impl Peer {
             gathered: gathered_rx,
             remote_tracks: StdMutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            tcp_dialed: options.tcp_only.then(|| StdMutex::new(Vec::new())),
         });
         tokio::spawn(announce_remote_tracks(
             Arc::downgrade(&shared),
@@ -625,6 +644,48 @@ impl Peer {
         let not_sending = not_sending_mids(&answer);
         self.shared.pc.set_remote_description(answer).await?;
         self.end_remote_tracks(&not_sending);
+        self.dial_passive_tcp(sdp).await?;
+        Ok(())
+    }
+
+    /// webrtc-rs connects to a remote passive ICE-TCP candidate only when it
+    /// arrives through `add_ice_candidate` (trickle), not in an SDP: hand it
+    /// the SDP's passive TCP candidates that way, once each.
+    async fn dial_passive_tcp(&self, sdp: &str) -> Result<(), PeerError> {
+        let Some(dialed) = &self.shared.tcp_dialed else {
+            return Ok(());
+        };
+        let mid = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(str::to_owned);
+        for line in sdp.lines() {
+            let Some(c) = line.strip_prefix("a=") else {
+                continue;
+            };
+            if !(c.starts_with("candidate:")
+                && c.contains(" tcp ")
+                && c.contains("tcptype passive"))
+            {
+                continue;
+            }
+            {
+                let mut d = dialed.lock().unwrap_or_else(|e| e.into_inner());
+                if d.iter().any(|x| x == c) {
+                    continue;
+                }
+                d.push(c.to_owned());
+            }
+            self.shared
+                .pc
+                .add_ice_candidate(RTCIceCandidateInit {
+                    candidate: c.to_owned(),
+                    sdp_mid: mid.clone(),
+                    sdp_mline_index: Some(0),
+                    ..Default::default()
+                })
+                .await?;
+        }
         Ok(())
     }
 
@@ -636,6 +697,7 @@ impl Peer {
         let not_sending = not_sending_mids(&offer);
         self.shared.pc.set_remote_description(offer).await?;
         self.end_remote_tracks(&not_sending);
+        self.dial_passive_tcp(sdp).await?;
         let answer = self.shared.pc.create_answer(None).await?;
         self.set_local_and_gather(answer).await
     }

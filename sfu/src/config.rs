@@ -28,6 +28,9 @@ pub struct SfuConfig {
     pub bwe_initial_kbps: u32,
     /// Where room, participant and track events go (webhooks).
     pub events: crate::EventSink,
+    /// Also listen on TCP at each worker's media address and offer a passive
+    /// ICE-TCP candidate there, for clients whose networks block UDP.
+    pub ice_tcp: bool,
 }
 
 impl Default for SfuConfig {
@@ -44,6 +47,7 @@ impl Default for SfuConfig {
             allocator: true,
             bwe_initial_kbps: 1_000,
             events: crate::EventSink::default(),
+            ice_tcp: true,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
 
+use str0m::net::Protocol;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info};
@@ -15,6 +16,7 @@ use tracing::{debug, error, info};
 use crate::SfuError;
 use crate::command::Command;
 use crate::config::SfuConfig;
+use crate::ice_tcp::TcpMedia;
 use crate::worker::{Worker, WorkerCounts, WorkerStats};
 
 /// Commands queued per worker before senders wait.
@@ -88,14 +90,7 @@ impl MediaPlane {
                     .ok_or_else(|| SfuError::Config("media port range overflows".into()))?
             };
             let addr = SocketAddr::new(config.bind_ip, port);
-            let std_socket = std::net::UdpSocket::bind(addr)
-                .map_err(|source| SfuError::Bind { addr, source })?;
-            std_socket
-                .set_nonblocking(true)
-                .map_err(|source| SfuError::Bind { addr, source })?;
-            let local_addr = std_socket
-                .local_addr()
-                .map_err(|source| SfuError::Bind { addr, source })?;
+            let (std_socket, tcp_listener, local_addr) = bind_media(addr, config.ice_tcp)?;
             let candidate_addr = SocketAddr::new(
                 config.public_ip.unwrap_or(config.bind_ip),
                 local_addr.port(),
@@ -106,7 +101,7 @@ impl MediaPlane {
             let g = gauges.clone();
             std::thread::Builder::new()
                 .name(format!("stamma-worker-{index}"))
-                .spawn(move || run_worker(index, worker, std_socket, rx, g))
+                .spawn(move || run_worker(index, worker, std_socket, tcp_listener, rx, g))
                 .map_err(SfuError::Thread)?;
             info!(worker = index, addr = %local_addr, candidate = %candidate_addr, "media worker started");
             workers.push(WorkerHandle {
@@ -120,10 +115,46 @@ impl MediaPlane {
     }
 }
 
+/// The UDP socket and, with ICE-TCP, a TCP listener on the same port. With
+/// port 0 the OS picks the UDP port, and that port may already be taken for
+/// TCP (by anyone's outgoing connection): then pick again.
+fn bind_media(
+    addr: SocketAddr,
+    ice_tcp: bool,
+) -> Result<
+    (
+        std::net::UdpSocket,
+        Option<std::net::TcpListener>,
+        SocketAddr,
+    ),
+    SfuError,
+> {
+    let bind_err = |addr, source| SfuError::Bind { addr, source };
+    let attempts = if addr.port() == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind_err(addr, e))?;
+        udp.set_nonblocking(true).map_err(|e| bind_err(addr, e))?;
+        let local = udp.local_addr().map_err(|e| bind_err(addr, e))?;
+        if !ice_tcp {
+            return Ok((udp, None, local));
+        }
+        match std::net::TcpListener::bind(local) {
+            Ok(tcp) => {
+                tcp.set_nonblocking(true).map_err(|e| bind_err(local, e))?;
+                return Ok((udp, Some(tcp), local));
+            }
+            Err(e) => last = Some(bind_err(local, e)),
+        }
+    }
+    Err(last.unwrap_or(SfuError::Config("could not bind the media ports".into())))
+}
+
 fn run_worker(
     index: usize,
     worker: Worker,
     socket: std::net::UdpSocket,
+    tcp_listener: Option<std::net::TcpListener>,
     commands: mpsc::Receiver<Command>,
     gauges: Arc<WorkerGauges>,
 ) {
@@ -146,7 +177,15 @@ fn run_worker(
                 return;
             }
         };
-        worker_loop(index, worker, socket, commands, gauges).await;
+        let tcp = match tcp_listener.map(tokio::net::TcpListener::from_std) {
+            Some(Ok(l)) => Some(TcpMedia::start(l)),
+            Some(Err(e)) => {
+                error!(worker = index, error = %e, "could not register the ICE-TCP listener");
+                None
+            }
+            None => None,
+        };
+        worker_loop(index, worker, socket, tcp, commands, gauges).await;
     });
 }
 
@@ -251,6 +290,7 @@ async fn worker_loop(
     index: usize,
     mut worker: Worker,
     socket: UdpSocket,
+    mut tcp: Option<TcpMedia>,
     mut commands: mpsc::Receiver<Command>,
     gauges: Arc<WorkerGauges>,
 ) {
@@ -286,6 +326,20 @@ async fn worker_loop(
                     None => break,
                 }
             }
+            Some(e) = async {
+                match tcp.as_mut() {
+                    Some(t) => t.events.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(t) = tcp.as_mut()
+                    && let Some((source, packet)) = t.on_event(e)
+                {
+                    let now = Instant::now();
+                    worker.handle_tcp_packet(now, source, &packet);
+                    worker.flush(now);
+                }
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
                 // Loop lag: how late the timer fired against its deadline
@@ -297,6 +351,15 @@ async fn worker_loop(
             }
         }
         for t in worker.outbox().drain(..) {
+            if t.proto == Protocol::Tcp {
+                if !tcp
+                    .as_ref()
+                    .is_some_and(|c| c.send(t.destination, &t.contents))
+                {
+                    debug!(worker = index, to = %t.destination, "TCP media packet dropped");
+                }
+                continue;
+            }
             let r = match socket.try_send_to(&t.contents, t.destination) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     socket.send_to(&t.contents, t.destination).await

@@ -13,6 +13,7 @@ pub mod demux;
 pub mod driver;
 pub mod event;
 pub mod forwarder;
+pub mod ice_tcp;
 pub mod participant;
 pub mod room;
 pub mod speaker;

@@ -11,6 +11,7 @@ use str0m::bwe::Bitrate;
 use str0m::change::SdpPendingOffer;
 use str0m::config::DtlsCert;
 use str0m::media::Mid;
+use str0m::net::TcpType;
 use str0m::{Candidate, IceCreds, Rtc};
 use tokio::sync::mpsc;
 
@@ -72,6 +73,7 @@ impl Participant {
         req: JoinRequest,
         cert: &DtlsCert,
         candidate: SocketAddr,
+        ice_tcp: bool,
         bwe_initial_kbps: Option<u32>,
         now: Instant,
     ) -> Result<Participant, String> {
@@ -99,6 +101,16 @@ impl Participant {
             .build(now);
         let cand = Candidate::host(candidate, "udp").map_err(|e| e.to_string())?;
         rtc.add_local_candidate(cand);
+        if ice_tcp {
+            // Same address, TCP: for networks that let no UDP out (RFC 6544).
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(candidate)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| e.to_string())?;
+            rtc.add_local_candidate(tcp);
+        }
         Ok(Participant {
             id: req.participant_id,
             room: req.room,

@@ -265,12 +265,21 @@ impl Worker {
 
     /// Take in one datagram. Call [`Worker::flush`] after a batch of them.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        self.handle_packet(now, Protocol::Udp, source, data);
+    }
+
+    /// Take in one packet from a TCP media connection (ICE-TCP, de-framed).
+    pub fn handle_tcp_packet(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        self.handle_packet(now, Protocol::Tcp, source, data);
+    }
+
+    fn handle_packet(&mut self, now: Instant, proto: Protocol, source: SocketAddr, data: &[u8]) {
         self.stats.datagrams_in += 1;
         let Some((key, new_addr)) = self.demux.route(source, data) else {
             self.stats.datagrams_dropped += 1;
             return;
         };
-        let Ok(receive) = Receive::new(Protocol::Udp, source, self.local_addr, data) else {
+        let Ok(receive) = Receive::new(proto, source, self.local_addr, data) else {
             self.stats.datagrams_dropped += 1;
             return;
         };
@@ -426,7 +435,14 @@ impl Worker {
             .config
             .allocator
             .then_some(self.config.bwe_initial_kbps);
-        let mut p = match Participant::new(req, &self.cert, self.candidate_addr, bwe, now) {
+        let mut p = match Participant::new(
+            req,
+            &self.cert,
+            self.candidate_addr,
+            self.config.ice_tcp,
+            bwe,
+            now,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "could not create participant");

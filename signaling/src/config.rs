@@ -167,6 +167,7 @@ struct MediaSection {
     max_participants_per_room: Option<usize>,
     allocator: Option<bool>,
     bwe_initial_kbps: Option<u32>,
+    ice_tcp: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +282,9 @@ impl ServerConfig {
         if let Some(k) = file.media.bwe_initial_kbps {
             c.media.bwe_initial_kbps = k;
         }
+        if let Some(t) = file.media.ice_tcp {
+            c.media.ice_tcp = t;
+        }
         for k in &file.keys {
             c.keys.insert(&k.id, &k.secret)?;
         }
@@ -389,6 +393,9 @@ impl ServerConfig {
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_BWE_INITIAL_KBPS")? {
             self.media.bwe_initial_kbps = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_MEDIA_ICE_TCP")? {
+            self.media.ice_tcp = v;
         }
         if let Some(v) = env(vars, "STAMMA_SERVER_DRAIN_TIMEOUT_S")? {
             self.drain_timeout = drain_timeout("STAMMA_SERVER_DRAIN_TIMEOUT_S", v)?;

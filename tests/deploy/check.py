@@ -77,6 +77,8 @@ def chart_defaults():
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     udp = [p["containerPort"] for p in c["ports"] if p["protocol"] == "UDP"]
     assert udp == [7881, 7882], udp
+    tcp = [p["containerPort"] for p in c["ports"] if p["protocol"] == "TCP"]
+    assert tcp == [7880, 7881, 7882], tcp
     env = {e["name"]: e for e in c["env"]}
     assert env["STAMMA_MEDIA_PUBLIC_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
     (sec,) = by_kind(docs, "Secret")
@@ -91,8 +93,8 @@ def chart_without_host_network():
                    "serviceMonitor": {"enabled": True}})
     services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
     media = services["meet-stamma-media"]["spec"]
-    assert [p["port"] for p in media["ports"]] == [7881, 7882, 7883, 7884]
-    assert all(p["protocol"] == "UDP" for p in media["ports"])
+    ports = [(p["port"], p["protocol"]) for p in media["ports"]]
+    assert ports == [(q, proto) for q in (7881, 7882, 7883, 7884) for proto in ("UDP", "TCP")], ports
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
     (dep,) = by_kind(docs, "Deployment")

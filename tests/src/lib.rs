@@ -188,6 +188,15 @@ pub struct Received {
     pub ended: bool,
 }
 
+/// How a test participant's media reaches the server.
+#[derive(Debug, Clone, Copy, Default)]
+struct Route {
+    /// Replace the server's media address by a relay's in the SDPs.
+    via: Option<(SocketAddr, SocketAddr)>,
+    relay_only: bool,
+    tcp_only: bool,
+}
+
 /// How a test participant publishes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Publish {
@@ -232,7 +241,27 @@ impl TestParticipant {
         publish: Publish,
         via: Option<(SocketAddr, SocketAddr)>,
     ) -> anyhow::Result<TestParticipant> {
-        Self::join_inner(base, room, identity, role, publish, via, false).await
+        let route = Route {
+            via,
+            ..Route::default()
+        };
+        Self::join_inner(base, room, identity, role, publish, route).await
+    }
+
+    /// Join with ICE over TCP only (no UDP socket at all), as a client whose
+    /// network blocks UDP.
+    pub async fn join_tcp_only(
+        base: &str,
+        room: &str,
+        identity: &str,
+        role: Role,
+        publish: Publish,
+    ) -> anyhow::Result<TestParticipant> {
+        let route = Route {
+            tcp_only: true,
+            ..Route::default()
+        };
+        Self::join_inner(base, room, identity, role, publish, route).await
     }
 
     /// Join through the TURN servers the server hands out in `joined`, with
@@ -244,7 +273,11 @@ impl TestParticipant {
         role: Role,
         publish: Publish,
     ) -> anyhow::Result<TestParticipant> {
-        Self::join_inner(base, room, identity, role, publish, None, true).await
+        let route = Route {
+            relay_only: true,
+            ..Route::default()
+        };
+        Self::join_inner(base, room, identity, role, publish, route).await
     }
 
     async fn join_inner(
@@ -253,9 +286,13 @@ impl TestParticipant {
         identity: &str,
         role: Role,
         publish: Publish,
-        via: Option<(SocketAddr, SocketAddr)>,
-        relay_only: bool,
+        route: Route,
     ) -> anyhow::Result<TestParticipant> {
+        let Route {
+            via,
+            relay_only,
+            tcp_only,
+        } = route;
         let rewrite = move |sdp: String| match via {
             Some((server, relay)) => sdp.replace(
                 &format!("{} {} typ host", server.ip(), server.port()),
@@ -272,6 +309,7 @@ impl TestParticipant {
         let options = PeerOptions {
             ice_servers: sig.ice_servers().to_vec(),
             relay_only,
+            tcp_only,
         };
         let (peer, mut events) = Peer::with_options([127, 0, 0, 1].into(), &options).await?;
         let peer = Arc::new(peer);

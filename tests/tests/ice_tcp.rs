@@ -1,0 +1,64 @@
+//! Passive ICE-TCP on the media port: a participant with no UDP at all
+//! (webrtc-rs with only an active TCP candidate) meets a UDP participant.
+
+use std::time::Duration;
+
+use stamma_client::media::dominant_frequency;
+use stamma_proto::{MediaKind, Role};
+use stamma_tests::{Publish, TestParticipant, TestServer, wait_until};
+use tokio::io::AsyncWriteExt;
+
+fn heard(p: &TestParticipant, from: &str) -> Option<f32> {
+    let track = p.received_from(from, MediaKind::Audio)?;
+    p.with_received(&track, |r| {
+        (r.pcm.len() >= 48_000)
+            .then(|| dominant_frequency(&r.pcm[r.pcm.len() - 48_000..], 100.0, 4000.0, 5.0))
+    })
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_only_participant_meets_a_udp_one() -> anyhow::Result<()> {
+    let srv = TestServer::start(1).await?;
+    // Garbage on the TCP media port first: a zero or oversized frame length
+    // ends that connection, a well-framed packet nobody owns is dropped, and
+    // neither disturbs what follows.
+    for bytes in [vec![0u8, 0], vec![0xff, 0xff, 1, 2, 3], {
+        let mut v = vec![0u8, 100];
+        v.extend(std::iter::repeat_n(0xabu8, 100));
+        v
+    }] {
+        let mut s = tokio::net::TcpStream::connect(srv.media_addr()).await?;
+        s.write_all(&bytes).await?;
+    }
+    let tone = |hz| Publish {
+        tone_hz: Some(hz),
+        video: true,
+    };
+    let tcp =
+        TestParticipant::join_tcp_only(&srv.base, "tcp", "tcp", Role::Speaker, tone(440.0)).await?;
+    let udp = TestParticipant::join(&srv.base, "tcp", "udp", Role::Speaker, tone(660.0)).await?;
+    wait_until(Duration::from_secs(30), "audio and video both ways", || {
+        let video = |p: &TestParticipant, from: &str| {
+            p.received_from(from, MediaKind::Video)
+                .and_then(|t| p.with_received(&t, |r| r.packets))
+                .unwrap_or(0)
+                >= 30
+        };
+        heard(&tcp, &udp.id).is_some()
+            && heard(&udp, &tcp.id).is_some()
+            && video(&tcp, &udp.id)
+            && video(&udp, &tcp.id)
+    })
+    .await?;
+    let (a, b) = (heard(&tcp, &udp.id), heard(&udp, &tcp.id));
+    assert!(
+        a.is_some_and(|f| (f - 660.0).abs() < 20.0),
+        "tcp heard {a:?}"
+    );
+    assert!(
+        b.is_some_and(|f| (f - 440.0).abs() < 20.0),
+        "udp heard {b:?}"
+    );
+    Ok(())
+}
