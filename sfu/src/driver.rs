@@ -244,25 +244,33 @@ impl Exported {
     fn publish(&mut self, worker: &mut Worker) {
         let s = worker.stats();
         let l = self.last_stats;
-        self.rtp_forwarded
-            .increment(s.rtp_forwarded - l.rtp_forwarded);
-        self.rtp_forwarded_bytes
-            .increment(s.rtp_forwarded_bytes - l.rtp_forwarded_bytes);
-        self.rtp_received.increment(s.rtp_in - l.rtp_in);
-        self.datagrams_dropped
-            .increment(s.datagrams_dropped - l.datagrams_dropped);
-        self.nacks_received
-            .increment(s.nacks_received - l.nacks_received);
-        self.plis_received
-            .increment(s.plis_received - l.plis_received);
-        self.keyframe_requests_sent
-            .increment(s.keyframe_requests - l.keyframe_requests);
-        self.layer_switches
-            .increment(s.layer_switches - l.layer_switches);
-        self.joined
-            .increment(s.participants_joined - l.participants_joined);
-        self.left
-            .increment(s.participants_left - l.participants_left);
+        let moves = [
+            (&self.rtp_forwarded, s.rtp_forwarded, l.rtp_forwarded),
+            (
+                &self.rtp_forwarded_bytes,
+                s.rtp_forwarded_bytes,
+                l.rtp_forwarded_bytes,
+            ),
+            (&self.rtp_received, s.rtp_in, l.rtp_in),
+            (
+                &self.datagrams_dropped,
+                s.datagrams_dropped,
+                l.datagrams_dropped,
+            ),
+            (&self.nacks_received, s.nacks_received, l.nacks_received),
+            (&self.plis_received, s.plis_received, l.plis_received),
+            (
+                &self.keyframe_requests_sent,
+                s.keyframe_requests,
+                l.keyframe_requests,
+            ),
+            (&self.layer_switches, s.layer_switches, l.layer_switches),
+            (&self.joined, s.participants_joined, l.participants_joined),
+            (&self.left, s.participants_left, l.participants_left),
+        ];
+        for (counter, now, before) in moves {
+            counter.increment(now.saturating_sub(before));
+        }
         self.last_stats = s;
         self.set_counts(worker.counts());
         for bps in worker.drain_bwe_samples() {
@@ -332,11 +340,19 @@ async fn worker_loop(
                     None => std::future::pending().await,
                 }
             } => {
-                if let Some(t) = tcp.as_mut()
-                    && let Some((source, packet)) = t.on_event(e)
-                {
+                if let Some(t) = tcp.as_mut() {
+                    // Batched as UDP is: one clock reading and one flush.
                     let now = Instant::now();
-                    worker.handle_tcp_packet(now, source, &packet);
+                    let (mut next, mut taken) = (Some(e), 0);
+                    while let Some(e) = next.take() {
+                        if let Some((source, packet)) = t.on_event(e) {
+                            worker.handle_tcp_packet(now, source, &packet);
+                        }
+                        taken += 1;
+                        if taken < RECV_BATCH {
+                            next = t.events.try_recv().ok();
+                        }
+                    }
                     worker.flush(now);
                 }
             }

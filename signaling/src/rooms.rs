@@ -87,15 +87,12 @@ pub struct Ticket {
 pub enum DirectoryError {
     #[error("room already exists")]
     Exists,
-    #[error("no media worker available")]
-    NoWorker,
-    #[error("this server is draining and takes no new rooms")]
-    Draining,
-    #[error("this server holds as many rooms as it is configured for")]
-    TooManyRooms,
+    /// No new room can be opened here now.
+    #[error(transparent)]
+    Unavailable(#[from] EnterError),
 }
 
-/// Why [`RoomDirectory::enter`] found no worker.
+/// Why a new room cannot be opened (by a join or by the admin API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnterError {
     #[error("no media worker available")]
@@ -141,8 +138,15 @@ impl Rooms {
             .map(|w| w.index)
     }
 
-    fn full(&self) -> bool {
-        self.max_rooms > 0 && self.map.len() >= self.max_rooms
+    /// The worker for a new room, if a new room may be opened.
+    fn place_new(&self, workers: &[WorkerHandle]) -> Result<usize, EnterError> {
+        if self.refuse_new {
+            return Err(EnterError::Draining);
+        }
+        if self.max_rooms > 0 && self.map.len() >= self.max_rooms {
+            return Err(EnterError::TooManyRooms);
+        }
+        self.least_loaded(workers).ok_or(EnterError::NoWorker)
     }
 
     fn occupied(&self) -> usize {
@@ -196,15 +200,7 @@ impl RoomDirectory {
     pub fn enter(&self, room: &str) -> Result<Entered, EnterError> {
         let mut rooms = self.lock();
         if !rooms.map.contains_key(room) {
-            if rooms.refuse_new {
-                return Err(EnterError::Draining);
-            }
-            if rooms.full() {
-                return Err(EnterError::TooManyRooms);
-            }
-            let w = rooms
-                .least_loaded(&self.workers)
-                .ok_or(EnterError::NoWorker)?;
+            let w = rooms.place_new(&self.workers)?;
             rooms.insert(room, w, RoomSettings::default(), false);
         }
         let e = rooms.map.get_mut(room).ok_or(EnterError::NoWorker)?;
@@ -270,21 +266,13 @@ impl RoomDirectory {
         if rooms.map.contains_key(room) {
             return Err(DirectoryError::Exists);
         }
-        if rooms.refuse_new {
-            return Err(DirectoryError::Draining);
-        }
-        if rooms.full() {
-            return Err(DirectoryError::TooManyRooms);
-        }
-        let w = rooms
-            .least_loaded(&self.workers)
-            .ok_or(DirectoryError::NoWorker)?;
+        let w = rooms.place_new(&self.workers)?;
         rooms.insert(room, w, settings, true);
         rooms
             .map
             .get(room)
             .map(|e| view(room, e))
-            .ok_or(DirectoryError::NoWorker)
+            .ok_or(DirectoryError::Unavailable(EnterError::NoWorker))
     }
 
     pub fn get(&self, room: &str) -> Option<RoomView> {

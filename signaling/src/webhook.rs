@@ -320,45 +320,60 @@ impl Event {
             identity: p.identity,
             name: p.name,
         };
-        let track = |t: TrackInfo| TrackRef {
+        let track_ref = |t: TrackInfo| TrackRef {
             id: t.id,
             kind: t.kind,
             source: t.source,
         };
-        match e {
-            MediaEvent::RoomStarted { room } => Event::new(EventKind::RoomStarted, &room),
-            MediaEvent::RoomFinished { room } => Event::new(EventKind::RoomFinished, &room),
-            MediaEvent::ParticipantJoined { room, participant } => Event {
-                participant: Some(who(participant)),
-                ..Event::new(EventKind::ParticipantJoined, &room)
-            },
+        let (kind, room, participant, track, reason) = match e {
+            MediaEvent::RoomStarted { room } => (EventKind::RoomStarted, room, None, None, None),
+            MediaEvent::RoomFinished { room } => (EventKind::RoomFinished, room, None, None, None),
+            MediaEvent::ParticipantJoined { room, participant } => (
+                EventKind::ParticipantJoined,
+                room,
+                Some(participant),
+                None,
+                None,
+            ),
             MediaEvent::ParticipantLeft {
                 room,
                 participant,
                 reason,
-            } => Event {
-                participant: Some(who(participant)),
-                reason: Some(reason),
-                ..Event::new(EventKind::ParticipantLeft, &room)
-            },
+            } => (
+                EventKind::ParticipantLeft,
+                room,
+                Some(participant),
+                None,
+                Some(reason),
+            ),
             MediaEvent::TrackPublished {
                 room,
                 participant,
-                track: t,
-            } => Event {
-                participant: Some(who(participant)),
-                track: Some(track(t)),
-                ..Event::new(EventKind::TrackPublished, &room)
-            },
+                track,
+            } => (
+                EventKind::TrackPublished,
+                room,
+                Some(participant),
+                Some(track),
+                None,
+            ),
             MediaEvent::TrackUnpublished {
                 room,
                 participant,
-                track: t,
-            } => Event {
-                participant: Some(who(participant)),
-                track: Some(track(t)),
-                ..Event::new(EventKind::TrackUnpublished, &room)
-            },
+                track,
+            } => (
+                EventKind::TrackUnpublished,
+                room,
+                Some(participant),
+                Some(track),
+                None,
+            ),
+        };
+        Event {
+            participant: participant.map(who),
+            track: track.map(track_ref),
+            reason,
+            ..Event::new(kind, &room)
         }
     }
 }

@@ -190,11 +190,13 @@ pub struct Received {
 
 /// How a test participant's media reaches the server.
 #[derive(Debug, Clone, Copy, Default)]
-struct Route {
+pub struct Route {
     /// Replace the server's media address by a relay's in the SDPs.
-    via: Option<(SocketAddr, SocketAddr)>,
-    relay_only: bool,
-    tcp_only: bool,
+    pub via: Option<(SocketAddr, SocketAddr)>,
+    /// Through the TURN servers from `joined` only (`iceTransportPolicy: "relay"`).
+    pub relay_only: bool,
+    /// ICE over TCP only, no UDP socket at all (a network that blocks UDP).
+    pub tcp_only: bool,
 }
 
 /// How a test participant publishes.
@@ -245,42 +247,11 @@ impl TestParticipant {
             via,
             ..Route::default()
         };
-        Self::join_inner(base, room, identity, role, publish, route).await
+        Self::join_with(base, room, identity, role, publish, route).await
     }
 
-    /// Join with ICE over TCP only (no UDP socket at all), as a client whose
-    /// network blocks UDP.
-    pub async fn join_tcp_only(
-        base: &str,
-        room: &str,
-        identity: &str,
-        role: Role,
-        publish: Publish,
-    ) -> anyhow::Result<TestParticipant> {
-        let route = Route {
-            tcp_only: true,
-            ..Route::default()
-        };
-        Self::join_inner(base, room, identity, role, publish, route).await
-    }
-
-    /// Join through the TURN servers the server hands out in `joined`, with
-    /// relay-only ICE (as a browser with `iceTransportPolicy: "relay"`).
-    pub async fn join_relay_only(
-        base: &str,
-        room: &str,
-        identity: &str,
-        role: Role,
-        publish: Publish,
-    ) -> anyhow::Result<TestParticipant> {
-        let route = Route {
-            relay_only: true,
-            ..Route::default()
-        };
-        Self::join_inner(base, room, identity, role, publish, route).await
-    }
-
-    async fn join_inner(
+    /// Join with the media path `route` chooses (relay, TURN only, TCP only).
+    pub async fn join_with(
         base: &str,
         room: &str,
         identity: &str,
@@ -470,6 +441,21 @@ impl TestParticipant {
     }
 
     /// Remote track ids received from `publisher_id` of `kind`.
+    /// The tone in the last second of audio received from `publisher_id`.
+    pub fn heard_frequency(&self, publisher_id: &str) -> Option<f32> {
+        let track = self.received_from(publisher_id, MediaKind::Audio)?;
+        self.with_received(&track, |r| {
+            let last = r.pcm.len().checked_sub(48_000)?;
+            Some(stamma_client::media::dominant_frequency(
+                &r.pcm[last..],
+                100.0,
+                4000.0,
+                5.0,
+            ))
+        })
+        .flatten()
+    }
+
     pub fn received_from(&self, publisher_id: &str, kind: MediaKind) -> Option<String> {
         self.received
             .lock()

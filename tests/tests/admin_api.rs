@@ -206,37 +206,16 @@ async fn bad_requests_get_problem_details() -> anyhow::Result<()> {
     let addr = srv.server.http_addr;
     let t = admin_token();
     let t = Some(t.as_str());
-    let r = call(addr, "POST", "/api/v1/rooms", t, Some("{not json")).await?;
-    assert_problem(&r, 400);
-    let r = call(
-        addr,
-        "POST",
-        "/api/v1/rooms",
-        t,
-        Some(r#"{"name":"a","colour":1}"#),
-    )
-    .await?;
-    assert_problem(&r, 422);
-    let r = call(
-        addr,
-        "POST",
-        "/api/v1/rooms",
-        t,
-        Some(r#"{"name":"a","max_participants":0}"#),
-    )
-    .await?;
-    assert_problem(&r, 422);
-    let r = call(
-        addr,
-        "POST",
-        "/api/v1/rooms",
-        t,
-        Some(r#"{"name":"a\u0007"}"#),
-    )
-    .await?;
-    assert_problem(&r, 422);
-    let r = call(addr, "POST", "/api/v1/rooms", t, Some(r#"{"name":"*"}"#)).await?;
-    assert_problem(&r, 422);
+    for (body, status) in [
+        ("{not json", 400),
+        (r#"{"name":"a","colour":1}"#, 422),
+        (r#"{"name":"a","max_participants":0}"#, 422),
+        (r#"{"name":"a\u0007"}"#, 422),
+        (r#"{"name":"*"}"#, 422),
+    ] {
+        let r = call(addr, "POST", "/api/v1/rooms", t, Some(body)).await?;
+        assert_problem(&r, status);
+    }
     let big = format!(r#"{{"name":"{}"}}"#, "a".repeat(100 * 1024));
     assert_problem(
         &call(addr, "POST", "/api/v1/rooms", t, Some(&big)).await?,

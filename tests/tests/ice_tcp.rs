@@ -3,19 +3,15 @@
 
 use std::time::Duration;
 
-use stamma_client::media::dominant_frequency;
 use stamma_proto::{MediaKind, Role};
-use stamma_tests::{Publish, TestParticipant, TestServer, wait_until};
+use stamma_tests::{Publish, Route, TestParticipant, TestServer, wait_until};
 use tokio::io::AsyncWriteExt;
 
-fn heard(p: &TestParticipant, from: &str) -> Option<f32> {
-    let track = p.received_from(from, MediaKind::Audio)?;
-    p.with_received(&track, |r| {
-        (r.pcm.len() >= 48_000)
-            .then(|| dominant_frequency(&r.pcm[r.pcm.len() - 48_000..], 100.0, 4000.0, 5.0))
-    })
-    .flatten()
-}
+const TCP_ONLY: Route = Route {
+    via: None,
+    relay_only: false,
+    tcp_only: true,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_only_participant_meets_a_udp_one() -> anyhow::Result<()> {
@@ -35,8 +31,15 @@ async fn a_tcp_only_participant_meets_a_udp_one() -> anyhow::Result<()> {
         tone_hz: Some(hz),
         video: true,
     };
-    let tcp =
-        TestParticipant::join_tcp_only(&srv.base, "tcp", "tcp", Role::Speaker, tone(440.0)).await?;
+    let tcp = TestParticipant::join_with(
+        &srv.base,
+        "tcp",
+        "tcp",
+        Role::Speaker,
+        tone(440.0),
+        TCP_ONLY,
+    )
+    .await?;
     let udp = TestParticipant::join(&srv.base, "tcp", "udp", Role::Speaker, tone(660.0)).await?;
     wait_until(Duration::from_secs(30), "audio and video both ways", || {
         let video = |p: &TestParticipant, from: &str| {
@@ -45,13 +48,13 @@ async fn a_tcp_only_participant_meets_a_udp_one() -> anyhow::Result<()> {
                 .unwrap_or(0)
                 >= 30
         };
-        heard(&tcp, &udp.id).is_some()
-            && heard(&udp, &tcp.id).is_some()
+        tcp.heard_frequency(&udp.id).is_some()
+            && udp.heard_frequency(&tcp.id).is_some()
             && video(&tcp, &udp.id)
             && video(&udp, &tcp.id)
     })
     .await?;
-    let (a, b) = (heard(&tcp, &udp.id), heard(&udp, &tcp.id));
+    let (a, b) = (tcp.heard_frequency(&udp.id), udp.heard_frequency(&tcp.id));
     assert!(
         a.is_some_and(|f| (f - 660.0).abs() < 20.0),
         "tcp heard {a:?}"

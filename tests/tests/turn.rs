@@ -11,11 +11,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use stamma::turn::TurnServer;
-use stamma_client::media::dominant_frequency;
-use stamma_proto::{MediaKind, Role};
-use stamma_tests::{Publish, TestParticipant, TestServer, wait_until};
+use stamma_proto::Role;
+use stamma_tests::{Publish, Route, TestParticipant, TestServer, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+const RELAY_ONLY: Route = Route {
+    via: None,
+    relay_only: true,
+    tcp_only: false,
+};
 
 const SECRET: &str = "coturn-shared-secret-for-tests";
 
@@ -115,15 +120,6 @@ async fn server_with_turn(coturn: &Coturn) -> anyhow::Result<TestServer> {
     TestServer::start_with(1, move |c| c.turn = vec![turn]).await
 }
 
-fn heard(p: &TestParticipant, from: &str) -> Option<f32> {
-    let track = p.received_from(from, MediaKind::Audio)?;
-    p.with_received(&track, |r| {
-        (r.pcm.len() >= 48_000)
-            .then(|| dominant_frequency(&r.pcm[r.pcm.len() - 48_000..], 100.0, 4000.0, 5.0))
-    })
-    .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_participant_meets_others_through_coturn() -> anyhow::Result<()> {
     let coturn = Coturn::start(SECRET).await?;
@@ -132,12 +128,13 @@ async fn relay_only_participant_meets_others_through_coturn() -> anyhow::Result<
         tone_hz: Some(hz),
         video: false,
     };
-    let alice = TestParticipant::join_relay_only(
+    let alice = TestParticipant::join_with(
         &srv.base,
         "locked-down",
         "alice",
         Role::Speaker,
         tone(440.0),
+        RELAY_ONLY,
     )
     .await?;
     let bob =
@@ -146,10 +143,13 @@ async fn relay_only_participant_meets_others_through_coturn() -> anyhow::Result<
     wait_until(
         Duration::from_secs(30),
         "audio both ways through the relay",
-        || heard(&alice, &bob.id).is_some() && heard(&bob, &alice.id).is_some(),
+        || alice.heard_frequency(&bob.id).is_some() && bob.heard_frequency(&alice.id).is_some(),
     )
     .await?;
-    let (a, b) = (heard(&alice, &bob.id), heard(&bob, &alice.id));
+    let (a, b) = (
+        alice.heard_frequency(&bob.id),
+        bob.heard_frequency(&alice.id),
+    );
     assert!(
         a.is_some_and(|f| (f - 660.0).abs() < 20.0),
         "alice heard {a:?}"
@@ -173,7 +173,7 @@ async fn relay_only_participant_meets_others_through_coturn() -> anyhow::Result<
 async fn credentials_from_another_secret_are_refused_by_coturn() -> anyhow::Result<()> {
     let coturn = Coturn::start("a-different-secret-0123456789").await?;
     let srv = server_with_turn(&coturn).await?;
-    let alice = TestParticipant::join_relay_only(
+    let alice = TestParticipant::join_with(
         &srv.base,
         "wrong-secret",
         "alice",
@@ -182,6 +182,7 @@ async fn credentials_from_another_secret_are_refused_by_coturn() -> anyhow::Resu
             tone_hz: Some(440.0),
             video: false,
         },
+        RELAY_ONLY,
     )
     .await?;
     let user = format!(":{}", alice.id);

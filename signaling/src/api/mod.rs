@@ -338,9 +338,7 @@ async fn create_room(
                 "room_exists",
                 "a room of this name exists (created earlier, or someone is in it)",
             ),
-            DirectoryError::NoWorker | DirectoryError::Draining | DirectoryError::TooManyRooms => {
-                Problem::unavailable(e.to_string())
-            }
+            DirectoryError::Unavailable(_) => Problem::unavailable(e.to_string()),
         })?;
     info!(room = %view.name, max_participants = ?settings.max_participants, e2ee_required = settings.e2ee_required, "room created");
     Ok((StatusCode::CREATED, axum::Json(RoomOut::from(view))).into_response())
