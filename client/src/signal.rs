@@ -54,6 +54,7 @@ pub fn rtc_url(base: &str, token: &str, room: Option<&str>) -> Result<String, Si
 pub struct SignalClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     ice_servers: Vec<IceServer>,
+    reconnect_token: Option<String>,
 }
 
 impl SignalClient {
@@ -67,6 +68,7 @@ impl SignalClient {
             Ok((ws, _)) => Ok(SignalClient {
                 ws,
                 ice_servers: Vec::new(),
+                reconnect_token: None,
             }),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
@@ -123,8 +125,17 @@ impl SignalClient {
 
     /// Send `join` and wait for `joined`: returns (me, others).
     pub async fn join(&mut self) -> Result<(ParticipantInfo, Vec<ParticipantInfo>), SignalError> {
+        self.join_as(None).await
+    }
+
+    /// Join with a display name that replaces the token's.
+    pub async fn join_as(
+        &mut self,
+        name: Option<&str>,
+    ) -> Result<(ParticipantInfo, Vec<ParticipantInfo>), SignalError> {
         self.send(&ClientSignal::Join {
             v: PROTOCOL_VERSION,
+            name: name.map(str::to_owned),
         })
         .await?;
         match self.recv().await? {
@@ -132,13 +143,21 @@ impl SignalClient {
                 participant,
                 participants,
                 ice_servers,
+                reconnect_token,
                 ..
             } => {
                 self.ice_servers = ice_servers;
+                self.reconnect_token = reconnect_token;
                 Ok((participant, participants))
             }
             other => Err(SignalError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// The token to rejoin with as the same identity after a lost
+    /// connection, from `joined`.
+    pub fn reconnect_token(&self) -> Option<&str> {
+        self.reconnect_token.as_deref()
     }
 
     /// The TURN/STUN servers (with credentials) the server gave in `joined`.

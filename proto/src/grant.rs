@@ -16,6 +16,9 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// through the admin API and joins none.
 pub const ALL_ROOMS: &str = "*";
 
+/// Random characters appended to a shared token's `sub` for each session.
+pub const SHARED_SUFFIX_CHARS: usize = 6;
+
 /// What a participant is in a meeting; sets the default grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -96,6 +99,11 @@ pub struct Grant {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default)]
     pub iat: u64,
+    /// Meant for many people (a public-hearing link): each session gets
+    /// its own identity, `sub` plus a random suffix, so the users of one
+    /// link do not replace each other.
+    #[serde(default, skip_serializing_if = "crate::signal::is_false")]
+    pub shared: bool,
 }
 
 /// Why a token was refused. The `Display` text is safe to show to the client:
@@ -163,6 +171,17 @@ impl Grant {
             exp: now.saturating_add(ttl_secs),
             nbf: None,
             iat: now,
+            shared: false,
+        }
+    }
+
+    /// The identity a session joining with this token gets: `sub`, or for a
+    /// shared token `sub-<random>`, fresh for each session.
+    pub fn session_identity(&self) -> String {
+        if self.shared {
+            format!("{}-{}", self.sub, crate::random_token(SHARED_SUFFIX_CHARS))
+        } else {
+            self.sub.clone()
         }
     }
 
@@ -204,6 +223,14 @@ impl Grant {
                     "{what} contains control characters"
                 )));
             }
+        }
+        // Leaves room for the suffix, so a session's identity is within
+        // bounds too (it is minted into a reconnect token).
+        if self.shared && self.sub.len() + 1 + SHARED_SUFFIX_CHARS > MAX_NAME_BYTES {
+            return Err(GrantError::Invalid(format!(
+                "identity (sub) of a shared token is longer than {} bytes",
+                MAX_NAME_BYTES - 1 - SHARED_SUFFIX_CHARS
+            )));
         }
         if self.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
             return Err(GrantError::Invalid(format!(
@@ -345,5 +372,36 @@ mod tests {
         assert!(!g.can_publish());
         g.grants.publish = true;
         assert!(!g.can_publish());
+    }
+
+    #[test]
+    fn shared_tokens_give_each_session_its_own_identity() {
+        let mut g = Grant::new("key1", "hearing", "guest", Role::Attendee, 60);
+        assert_eq!(g.session_identity(), "guest");
+        g.shared = true;
+        let t = g.mint("key1", SECRET).unwrap();
+        let v = Grant::verify(&t, lookup).unwrap();
+        assert!(v.shared);
+        let (a, b) = (v.session_identity(), v.session_identity());
+        assert!(a.starts_with("guest-") && a.len() == "guest-".len() + SHARED_SUFFIX_CHARS);
+        assert_ne!(a, b);
+        g.sub = "x".repeat(MAX_NAME_BYTES - SHARED_SUFFIX_CHARS);
+        assert!(matches!(
+            g.mint("key1", SECRET),
+            Err(GrantError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn shared_flag_is_left_off_unshared_claims() {
+        let g = Grant::new("key1", "r", "a", Role::Speaker, 60);
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(!json.contains("shared"), "{json}");
+        let g = Grant { shared: true, ..g };
+        assert!(
+            serde_json::to_string(&g)
+                .unwrap()
+                .contains(r#""shared":true"#)
+        );
     }
 }

@@ -8,8 +8,9 @@ pub mod signal;
 
 pub use grant::{ALL_ROOMS, Grant, GrantError, Grants, Role};
 pub use signal::{
-    ClientSignal, ErrorCode, IceServer, LayerState, MediaKind, ParticipantInfo, PauseReason,
-    PublishedTrack, ServerSignal, Speaker, SubscribedTrack, TrackInfo, TrackSource, VideoQuality,
+    ClientSignal, ErrorCode, IceServer, LayerState, MAX_CHAT_CHARS, MAX_DISPLAY_NAME_CHARS,
+    MediaKind, ModerateAction, ParticipantInfo, PauseReason, PublishedTrack, ServerSignal, Speaker,
+    SubscribedTrack, TrackInfo, TrackSource, VideoQuality, chat_text, display_name,
 };
 
 /// The signaling protocol version this crate speaks.

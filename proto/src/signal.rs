@@ -6,6 +6,51 @@ use serde::{Deserialize, Serialize};
 
 use crate::grant::Role;
 
+/// Longest display name a participant may give in `join`, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
+/// Longest chat message, in characters (after trimming).
+pub const MAX_CHAT_CHARS: usize = 2000;
+
+/// For `skip_serializing_if`: leave a false flag off the wire, so messages
+/// stay as they were before the flag existed.
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The display name a participant gave in `join`: trimmed; `Ok(None)` when
+/// nothing is left (the token's name stays). Refused when too long or when it
+/// contains control characters (it is shown to everyone in the room).
+pub fn display_name(raw: &str) -> Result<Option<String>, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if name.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err(format!(
+            "name is longer than {MAX_DISPLAY_NAME_CHARS} characters"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name contains control characters".into());
+    }
+    Ok(Some(name.to_owned()))
+}
+
+/// A chat message's text as it is delivered: trimmed, 1 to
+/// [`MAX_CHAT_CHARS`] characters. Otherwise opaque (it may be ciphertext).
+pub fn chat_text(raw: &str) -> Result<&str, String> {
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err("chat text is empty".into());
+    }
+    if text.chars().count() > MAX_CHAT_CHARS {
+        return Err(format!(
+            "chat text is longer than {MAX_CHAT_CHARS} characters"
+        ));
+    }
+    Ok(text)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MediaKind {
@@ -85,6 +130,20 @@ pub struct ParticipantInfo {
     pub name: Option<String>,
     pub role: Role,
     pub tracks: Vec<TrackInfo>,
+    /// The participant has raised a hand (absent: lowered).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hand_raised: bool,
+}
+
+/// What a host does to another participant with `moderate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerateAction {
+    /// Mute one track, or all of the participant's tracks. Only the
+    /// participant itself can unmute (a host cannot turn a microphone on).
+    Mute,
+    /// Close the participant's session with `removed`.
+    Remove,
 }
 
 /// The most a subscriber wants of a video track; the server picks the layer
@@ -136,9 +195,13 @@ pub struct SubscribedTrack {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientSignal {
-    /// First message: the protocol version the client speaks.
+    /// First message: the protocol version the client speaks and,
+    /// optionally, the display name typed on the pre-join page (it replaces
+    /// the token's `name`).
     Join {
         v: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     /// Client offer: publishes the tracks described (one per sending m-line).
     Offer {
@@ -176,6 +239,25 @@ pub enum ClientSignal {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pinned: Option<bool>,
     },
+    /// A chat message to everyone in the room (opaque text: E2EE clients
+    /// put ciphertext here).
+    Chat {
+        text: String,
+    },
+    /// Raise or lower your own hand; with another participant's id, a host
+    /// lowers that participant's hand.
+    Hand {
+        raised: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        participant_id: Option<String>,
+    },
+    /// A host mutes (one track, or all tracks) or removes a participant.
+    Moderate {
+        action: ModerateAction,
+        participant_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        track_id: Option<String>,
+    },
     Leave,
     Ping {
         ts: u64,
@@ -199,6 +281,10 @@ pub enum ServerSignal {
         /// the admin API); clients must not send media in clear.
         #[serde(default)]
         e2ee_required: bool,
+        /// A token for rejoining as the same identity after a lost
+        /// connection (not shared, same room, role, grants and expiry).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reconnect_token: Option<String>,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -273,6 +359,18 @@ pub enum ServerSignal {
         role: Role,
         can_publish: bool,
     },
+    /// A chat message, to everyone in the room including its sender (the
+    /// echo confirms delivery). `ts_ms`: the server's clock, Unix ms.
+    Chat {
+        participant_id: String,
+        text: String,
+        ts_ms: u64,
+    },
+    /// A hand was raised or lowered (sent to everyone, the participant too).
+    HandRaised {
+        participant_id: String,
+        raised: bool,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -321,6 +419,10 @@ pub enum ErrorCode {
     /// The server holds as many rooms as it is configured for (`limits.max_rooms`)
     /// and this room is not one of them. Fatal; try another server.
     TooManyRooms,
+    /// The token lacks the grant this needs (`moderate` without admin).
+    NotAllowed,
+    /// No participant with that id in your room.
+    UnknownParticipant,
 }
 
 impl ErrorCode {
@@ -347,6 +449,8 @@ impl ErrorCode {
             ErrorCode::Removed => "removed",
             ErrorCode::RoomClosed => "room_closed",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::UnknownParticipant => "unknown_participant",
         }
     }
 }
@@ -366,13 +470,16 @@ impl ClientSignal {
                 "message must be an object with a string \"type\"".into(),
             ));
         };
-        const KNOWN: [&str; 8] = [
+        const KNOWN: [&str; 11] = [
             "join",
             "offer",
             "answer",
             "mute",
             "unpublish",
             "subscription",
+            "chat",
+            "hand",
+            "moderate",
             "leave",
             "ping",
         ];
@@ -431,7 +538,7 @@ mod tests {
         );
         assert_eq!(
             ClientSignal::parse(r#"{"type":"join","v":1}"#).unwrap(),
-            ClientSignal::Join { v: 1 }
+            ClientSignal::Join { v: 1, name: None }
         );
     }
 
@@ -458,6 +565,8 @@ mod tests {
             ErrorCode::Removed,
             ErrorCode::RoomClosed,
             ErrorCode::TooManyRooms,
+            ErrorCode::NotAllowed,
+            ErrorCode::UnknownParticipant,
         ] {
             let wire = serde_json::to_string(&code).unwrap_or_default();
             assert_eq!(wire, format!("\"{}\"", code.as_str()));
@@ -474,5 +583,154 @@ mod tests {
     fn server_error_serializes_with_type_code_message() {
         let s = ServerSignal::error(ErrorCode::BadSdp, "nope").to_json();
         assert_eq!(s, r#"{"type":"error","code":"bad_sdp","message":"nope"}"#);
+    }
+
+    /// Each exact JSON parses to `signal` and `signal` serializes back to it.
+    fn client_round_trip(json: &str, signal: ClientSignal) {
+        assert_eq!(ClientSignal::parse(json), Ok(signal.clone()), "{json}");
+        assert_eq!(serde_json::to_string(&signal).unwrap_or_default(), json);
+    }
+
+    fn server_round_trip(json: &str, signal: ServerSignal) {
+        assert_eq!(signal.to_json(), json);
+        let back: ServerSignal = serde_json::from_str(json).unwrap();
+        assert_eq!(back, signal);
+    }
+
+    #[test]
+    fn room_feature_client_signals_have_their_documented_shapes() {
+        client_round_trip(
+            r#"{"type":"join","v":1,"name":"Anna"}"#,
+            ClientSignal::Join {
+                v: 1,
+                name: Some("Anna".into()),
+            },
+        );
+        client_round_trip(
+            r#"{"type":"chat","text":"hej"}"#,
+            ClientSignal::Chat { text: "hej".into() },
+        );
+        client_round_trip(
+            r#"{"type":"hand","raised":true}"#,
+            ClientSignal::Hand {
+                raised: true,
+                participant_id: None,
+            },
+        );
+        client_round_trip(
+            r#"{"type":"hand","raised":false,"participant_id":"PA_x"}"#,
+            ClientSignal::Hand {
+                raised: false,
+                participant_id: Some("PA_x".into()),
+            },
+        );
+        client_round_trip(
+            r#"{"type":"moderate","action":"mute","participant_id":"PA_x","track_id":"TR_y"}"#,
+            ClientSignal::Moderate {
+                action: ModerateAction::Mute,
+                participant_id: "PA_x".into(),
+                track_id: Some("TR_y".into()),
+            },
+        );
+        client_round_trip(
+            r#"{"type":"moderate","action":"remove","participant_id":"PA_x"}"#,
+            ClientSignal::Moderate {
+                action: ModerateAction::Remove,
+                participant_id: "PA_x".into(),
+                track_id: None,
+            },
+        );
+    }
+
+    #[test]
+    fn room_feature_client_signals_refuse_unknown_fields_and_actions() {
+        for bad in [
+            r#"{"type":"chat","text":"hej","to":"PA_x"}"#,
+            r#"{"type":"chat"}"#,
+            r#"{"type":"hand"}"#,
+            r#"{"type":"moderate","action":"ban","participant_id":"PA_x"}"#,
+            r#"{"type":"moderate","action":"mute"}"#,
+            r#"{"type":"join","v":1,"name":7}"#,
+        ] {
+            assert_eq!(
+                ClientSignal::parse(bad).map_err(|e| e.0),
+                Err(ErrorCode::BadMessage),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn room_feature_server_signals_have_their_documented_shapes() {
+        server_round_trip(
+            r#"{"type":"chat","participant_id":"PA_a","text":"hej","ts_ms":1732300000123}"#,
+            ServerSignal::Chat {
+                participant_id: "PA_a".into(),
+                text: "hej".into(),
+                ts_ms: 1_732_300_000_123,
+            },
+        );
+        server_round_trip(
+            r#"{"type":"hand_raised","participant_id":"PA_a","raised":true}"#,
+            ServerSignal::HandRaised {
+                participant_id: "PA_a".into(),
+                raised: true,
+            },
+        );
+        server_round_trip(
+            r#"{"type":"error","code":"not_allowed","message":"hosts only"}"#,
+            ServerSignal::error(ErrorCode::NotAllowed, "hosts only"),
+        );
+    }
+
+    #[test]
+    fn hand_raised_and_reconnect_token_appear_only_when_set() {
+        let mut p = ParticipantInfo {
+            id: "PA_a".into(),
+            identity: "anna".into(),
+            name: None,
+            role: Role::Attendee,
+            tracks: vec![],
+            hand_raised: false,
+        };
+        let joined = |p: &ParticipantInfo, reconnect_token: Option<String>| ServerSignal::Joined {
+            v: 1,
+            room: "r".into(),
+            participant: p.clone(),
+            participants: vec![],
+            ice_servers: vec![],
+            e2ee_required: false,
+            reconnect_token,
+        };
+        server_round_trip(
+            r#"{"type":"joined","v":1,"room":"r","participant":{"id":"PA_a","identity":"anna","role":"attendee","tracks":[]},"participants":[],"e2ee_required":false}"#,
+            joined(&p, None),
+        );
+        p.hand_raised = true;
+        server_round_trip(
+            r#"{"type":"joined","v":1,"room":"r","participant":{"id":"PA_a","identity":"anna","role":"attendee","tracks":[],"hand_raised":true},"participants":[],"e2ee_required":false,"reconnect_token":"t.o.k"}"#,
+            joined(&p, Some("t.o.k".into())),
+        );
+    }
+
+    #[test]
+    fn display_names_are_trimmed_bounded_and_printable() {
+        assert_eq!(display_name("  Anna  "), Ok(Some("Anna".into())));
+        assert_eq!(display_name(" \t "), Ok(None));
+        // 64 characters of two bytes each: counted in characters.
+        assert_eq!(display_name(&"ö".repeat(64)), Ok(Some("ö".repeat(64))));
+        assert!(display_name(&"ö".repeat(65)).is_err());
+        assert!(display_name("An\u{7}na").is_err());
+        assert!(display_name("An\nna").is_err());
+    }
+
+    #[test]
+    fn chat_text_is_trimmed_and_bounded() {
+        assert_eq!(chat_text(" hej\n"), Ok("hej"));
+        assert!(chat_text("   ").is_err());
+        assert_eq!(chat_text(&"å".repeat(2000)).map(str::len), Ok(4000));
+        assert!(chat_text(&"å".repeat(2001)).is_err());
+        // Lines inside a message are the sender's business.
+        assert_eq!(chat_text("a\nb"), Ok("a\nb"));
     }
 }

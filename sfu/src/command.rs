@@ -19,6 +19,8 @@ pub struct JoinRequest {
     pub role: Role,
     pub can_publish: bool,
     pub can_subscribe: bool,
+    /// The token's admin grant: may moderate others (mute, remove, lower hands).
+    pub can_admin: bool,
     /// Where the worker sends this participant's signals.
     pub signals: mpsc::Sender<ToParticipant>,
     /// The room's options (from the admin API; defaults for implicit rooms).

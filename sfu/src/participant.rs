@@ -36,6 +36,9 @@ pub struct Participant {
     pub role: Role,
     pub can_publish: bool,
     pub can_subscribe: bool,
+    /// May moderate the others in the room (a host).
+    pub can_admin: bool,
+    pub hand_raised: bool,
     pub rtc: Rtc,
     pub ufrag: String,
     /// Remote addresses this participant's datagrams came from (for the demux).
@@ -119,6 +122,8 @@ impl Participant {
             role: req.role,
             can_publish: req.can_publish,
             can_subscribe: req.can_subscribe,
+            can_admin: req.can_admin,
+            hand_raised: false,
             rtc,
             ufrag,
             addrs: Vec::new(),
@@ -149,6 +154,7 @@ impl Participant {
             name: self.name.clone(),
             role: self.role,
             tracks: self.published.iter().map(|t| t.info(&self.id)).collect(),
+            hand_raised: self.hand_raised,
         }
     }
 

@@ -33,6 +33,7 @@ use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::{MAX_LAYERS, PACKET_OVERHEAD_BYTES, Track};
 
 mod admin;
+mod meeting;
 
 /// How often the worker wakes up with nothing else to do, to check timeouts.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
@@ -499,6 +500,8 @@ impl Worker {
             // Signaling adds the TURN servers (credentials are its business).
             ice_servers: Vec::new(),
             e2ee_required,
+            // Signaling mints it (keys are its business too).
+            reconnect_token: None,
         });
         let info = p.info();
         info!(participant = %p.id, room = %room_name, role = ?p.role, "participant joined");
@@ -660,6 +663,16 @@ impl Worker {
                 });
                 self.unpublish_from_room(&room, key, &pid, &track_id, mid);
             }
+            ClientSignal::Chat { text } => self.chat(key, &text),
+            ClientSignal::Hand {
+                raised,
+                participant_id,
+            } => self.hand(key, raised, participant_id.as_deref()),
+            ClientSignal::Moderate {
+                action,
+                participant_id,
+                track_id,
+            } => self.moderate(key, action, &participant_id, track_id.as_deref()),
             // join, leave and ping are handled by the session.
             ClientSignal::Join { .. } | ClientSignal::Leave | ClientSignal::Ping { .. } => {}
         }
@@ -1918,6 +1931,7 @@ mod sans_io_tests {
                 role: Role::Speaker,
                 can_publish: true,
                 can_subscribe: true,
+                can_admin: false,
                 signals: tx,
                 room_options: Default::default(),
             })),

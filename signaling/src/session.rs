@@ -11,7 +11,7 @@ use stamma_sfu::command::SIGNAL_QUEUE;
 use stamma_sfu::{Command, JoinRequest, ToParticipant};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::AppState;
 use crate::drain::Phase;
@@ -110,6 +110,8 @@ struct Session {
     grant: Grant,
     state: AppState,
     bucket: TokenBucket,
+    /// The name typed on the pre-join page (`join.name`); wins over the token's.
+    display_name: Option<String>,
 }
 
 /// Counts open sessions in `stamma_signaling_sessions`, however they end.
@@ -153,6 +155,7 @@ pub async fn run(ws: WebSocket, grant: Grant, state: AppState) {
             violations: 0,
         },
         state,
+        display_name: None,
     };
     let end = s.run().await;
     let (code, reason, text) = match &end {
@@ -276,8 +279,25 @@ impl Session {
                 Ok(Ok(Some(s))) => s,
             };
             match signal {
-                ClientSignal::Join { v } if v == PROTOCOL_VERSION => break,
-                ClientSignal::Join { v } => {
+                ClientSignal::Join { v, name } if v == PROTOCOL_VERSION => {
+                    match name.as_deref().map(stamma_proto::display_name).transpose() {
+                        Ok(name) => {
+                            self.display_name = name.flatten();
+                            break;
+                        }
+                        // A name the page should not have let through: say
+                        // so and let the person try another.
+                        Err(why) => {
+                            if let Err(e) = self
+                                .send(&ServerSignal::error(ErrorCode::BadMessage, why))
+                                .await
+                            {
+                                return e;
+                            }
+                        }
+                    }
+                }
+                ClientSignal::Join { v, .. } => {
                     return End::Error(
                         ErrorCode::UnsupportedVersion,
                         format!(
@@ -347,21 +367,25 @@ impl Session {
     ) -> End {
         let (tx, mut rx) = mpsc::channel(SIGNAL_QUEUE);
         let g = &self.grant;
+        let identity = g.session_identity();
+        let name = self.display_name.clone().or_else(|| g.name.clone());
+        let mut reconnect_token = self.reconnect_token(&identity, name.as_deref());
         let join = JoinRequest {
             participant_id: participant_id.to_owned(),
             room: g.room.clone(),
-            identity: g.sub.clone(),
-            name: g.name.clone(),
+            identity: identity.clone(),
+            name,
             role: g.role,
             can_publish: g.can_publish(),
             can_subscribe: g.grants.subscribe,
+            can_admin: g.grants.admin,
             signals: tx,
             room_options,
         };
         if worker.send(Command::Join(Box::new(join))).await.is_err() {
             return End::Error(ErrorCode::Internal, "media worker stopped".into());
         }
-        info!(participant = participant_id, room = %g.room, identity = %g.sub, "session joined");
+        info!(participant = participant_id, room = %g.room, identity = %identity, "session joined");
         let idle = self.state.limits.idle_timeout;
         let mut last_heard = Instant::now();
         // `server_draining` goes out after `joined`, never before it.
@@ -387,11 +411,12 @@ impl Session {
                 }
                 out = rx.recv() => match out {
                     Some(ToParticipant::Signal(mut s)) => {
-                        if let ServerSignal::Joined { ice_servers, .. } = &mut s {
+                        if let ServerSignal::Joined { ice_servers, reconnect_token: token, .. } = &mut s {
                             let now = std::time::SystemTime::now();
                             ice_servers.extend(
                                 self.state.turn.iter().map(|t| t.credentials(participant_id, now)),
                             );
+                            *token = reconnect_token.take();
                         }
                         if let Err(e) = self.send(&s).await {
                             return e;
@@ -429,8 +454,8 @@ impl Session {
                             }
                         }
                         ClientSignal::Leave => return End::Gone("left"),
-                        // Offer, answer, mute, unpublish: the worker owns the room and
-                        // enforces the grant (publishing included).
+                        // Offer, answer, mute, unpublish, chat, hand, moderate: the worker
+                        // owns the room and enforces the grants (publish, admin).
                         other => {
                             let cmd = Command::Signal { participant_id: participant_id.to_owned(), signal: other };
                             if worker.send(cmd).await.is_err() {
@@ -439,6 +464,32 @@ impl Session {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Session {
+    /// A token for rejoining as `identity` after a lost connection: the
+    /// original's room, role, grants and expiry (a reconnect never extends
+    /// a token's life), not shared, so the identity stays. `None` (and the
+    /// client cannot rejoin as itself) if it cannot be signed.
+    fn reconnect_token(&self, identity: &str, name: Option<&str>) -> Option<String> {
+        let g = &self.grant;
+        let secret = self.state.keys.secret(&g.iss)?;
+        let again = Grant {
+            sub: identity.to_owned(),
+            name: name.map(str::to_owned),
+            nbf: None,
+            iat: stamma_proto::grant::unix_now(),
+            shared: false,
+            ..g.clone()
+        };
+        match again.mint(&g.iss, secret) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn!(error = %e, "could not sign a reconnect token");
+                None
             }
         }
     }

@@ -1142,6 +1142,7 @@ impl NetSim {
                 role,
                 can_publish: role != Role::Attendee,
                 can_subscribe: true,
+                can_admin: role == Role::Host,
                 signals: tx,
                 room_options: Default::default(),
             })),

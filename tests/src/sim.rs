@@ -103,6 +103,7 @@ impl SimRoom {
                 role: Role::Speaker,
                 can_publish: true,
                 can_subscribe: true,
+                can_admin: false,
                 signals: tx,
                 room_options: Default::default(),
             })),

@@ -328,13 +328,13 @@ async fn room_created_with_max_participants_1_refuses_a_second_join_with_room_fu
     assert_eq!(r.json["participants"], 0);
 
     let mut a = SignalClient::connect(&srv.base, &srv.token("tiny", "a", Role::Speaker)).await?;
-    a.send(&ClientSignal::Join { v: 1 }).await?;
+    a.send(&ClientSignal::Join { v: 1, name: None }).await?;
     match next_signal(&mut a).await? {
         ServerSignal::Joined { e2ee_required, .. } => assert!(e2ee_required),
         other => panic!("expected joined, got {other:?}"),
     }
     let mut b = SignalClient::connect(&srv.base, &srv.token("tiny", "b", Role::Speaker)).await?;
-    b.send(&ClientSignal::Join { v: 1 }).await?;
+    b.send(&ClientSignal::Join { v: 1, name: None }).await?;
     let (code, close, _) = wait_closed(&mut b).await;
     assert_eq!((code, close), (Some(ErrorCode::RoomFull), 1008));
     a.close().await;

@@ -80,7 +80,7 @@ async fn malformed_and_unknown_messages_get_typed_errors() -> anyhow::Result<()>
 async fn wrong_protocol_version_is_refused_and_closed() -> anyhow::Result<()> {
     let srv = TestServer::start(1).await?;
     let mut c = SignalClient::connect(&srv.base, &srv.token("bad", "a", Role::Speaker)).await?;
-    c.send(&ClientSignal::Join { v: 2 }).await?;
+    c.send(&ClientSignal::Join { v: 2, name: None }).await?;
     expect_error(&mut c, ErrorCode::UnsupportedVersion).await;
     expect_closed(&mut c, 1002).await;
     Ok(())

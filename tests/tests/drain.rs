@@ -85,6 +85,7 @@ async fn drain_refuses_new_rooms_tells_participants_and_ends_when_rooms_empty() 
     let mut late = SignalClient::connect(&srv.base, &srv.token("new", "b", Role::Speaker)).await?;
     late.send(&ClientSignal::Join {
         v: PROTOCOL_VERSION,
+        name: None,
     })
     .await?;
     expect_error(&mut late, ErrorCode::Draining).await;

@@ -23,6 +23,7 @@ async fn a_node_at_max_rooms_refuses_a_new_room_but_not_an_open_one() -> anyhow:
     other
         .send(&stamma_proto::ClientSignal::Join {
             v: stamma_proto::PROTOCOL_VERSION,
+            name: None,
         })
         .await?;
     expect_error(&mut other, ErrorCode::TooManyRooms).await;

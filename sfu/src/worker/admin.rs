@@ -38,13 +38,11 @@ impl Worker {
                 reply,
             } => {
                 let r = self.find(&room, &participant_id).map(|key| {
-                    if let Some(p) = self.get(key) {
-                        p.close(
-                            ErrorCode::Removed,
-                            "an administrator removed you from the room".into(),
-                        );
-                    }
-                    self.remove(key, "removed by an administrator");
+                    self.remove_by_admin(
+                        key,
+                        "an administrator removed you from the room",
+                        "removed by an administrator",
+                    );
                 });
                 let _ = reply.send(r);
             }
@@ -92,9 +90,18 @@ impl Worker {
         }
     }
 
+    /// Close `key`'s session with `removed` (telling it `why`) and take it
+    /// out of its room (telling the others `reason`).
+    pub(super) fn remove_by_admin(&mut self, key: ParticipantKey, why: &str, reason: &str) {
+        if let Some(p) = self.get(key) {
+            p.close(ErrorCode::Removed, why.to_owned());
+        }
+        self.remove(key, reason);
+    }
+
     /// The participant `id`, if it is in `room` (an admin of one room must
     /// not reach participants of another by id).
-    fn find(&self, room: &str, id: &str) -> Result<ParticipantKey, AdminError> {
+    pub(super) fn find(&self, room: &str, id: &str) -> Result<ParticipantKey, AdminError> {
         self.by_id
             .get(id)
             .copied()
@@ -107,7 +114,11 @@ impl Worker {
             .ok_or_else(|| AdminError::UnknownParticipant(id.to_owned()))
     }
 
-    fn admin_mute(&mut self, key: ParticipantKey, track_id: &str) -> Result<(), AdminError> {
+    pub(super) fn admin_mute(
+        &mut self,
+        key: ParticipantKey,
+        track_id: &str,
+    ) -> Result<(), AdminError> {
         let Some(p) = self.get(key) else {
             return Err(AdminError::UnknownTrack(track_id.to_owned()));
         };
@@ -155,6 +166,7 @@ impl Worker {
         p.role = role;
         // The role's grants replace the token's: the administrator decides.
         p.can_publish = role.default_grants().publish && role != Role::Attendee;
+        p.can_admin = role.default_grants().admin;
         let can_publish = p.can_publish;
         let (room, pid) = (p.room.clone(), p.id.clone());
         let who = p.info();
