@@ -6,6 +6,7 @@ pub mod config;
 pub mod drain;
 pub mod http;
 pub mod keys;
+pub mod links;
 pub mod rooms;
 pub mod session;
 pub mod telemetry;

@@ -1,10 +1,11 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use stamma::config::{LogConfig, LogFormat};
 use stamma::keys::ApiKeys;
+use stamma::links::{DEFAULT_BASE_URL, join_url, link_grant};
 use stamma::{Server, ServerConfig};
 use stamma_proto::{Grant, Role};
 use tracing_subscriber::EnvFilter;
@@ -40,6 +41,41 @@ enum Cmd {
     Token {
         #[command(subcommand)]
         command: TokenCmd,
+    },
+    /// Join links: the web page's URL with a join token.
+    Link {
+        #[command(subcommand)]
+        command: LinkCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LinkCmd {
+    /// Print a join URL. Without --identity the link is shared: anyone who
+    /// has it may join, each with an identity of their own (a public hearing).
+    /// The key comes from STAMMA_API_KEY/STAMMA_API_SECRET or --config.
+    Create {
+        /// Room the link joins.
+        #[arg(long)]
+        room: String,
+        #[arg(long, default_value = "attendee")]
+        role: Role,
+        /// Lifetime: seconds or a number with s, m, h or d (e.g. 2h).
+        #[arg(long, default_value = "2h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// Display name (the page lets the person change it).
+        #[arg(long)]
+        name: Option<String>,
+        /// A link for one person with this identity (not shared).
+        #[arg(long)]
+        identity: Option<String>,
+        /// Base URL of the server as people reach it (default: the config's
+        /// http.public_url, else http://127.0.0.1:7880).
+        #[arg(long)]
+        url: Option<String>,
+        /// Take the API key (its first) and http.public_url from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -124,11 +160,14 @@ async fn main() -> anyhow::Result<()> {
             config.media.first_port = media_port;
             config.keys.insert(&key, &secret)?;
             let server = Server::start(config).await?;
+            let base = format!("http://{}", server.http_addr);
+            let mint = |g: Grant| -> anyhow::Result<String> {
+                Ok(join_url(&base, &room, &g.mint(&key, secret.as_bytes())?))
+            };
             let link = |identity: &str, name: &str, role: Role| -> anyhow::Result<String> {
                 let mut g = Grant::new(&key, &room, identity, role, 24 * 3600);
                 g.name = Some(name.to_owned());
-                let t = g.mint(&key, secret.as_bytes())?;
-                Ok(format!("http://{}/r/{room}?token={t}", server.http_addr))
+                mint(g)
             };
             println!();
             println!("Stämma dev server is running (loopback only).");
@@ -143,6 +182,10 @@ async fn main() -> anyhow::Result<()> {
                     "Guest",
                     Role::Speaker
                 )?
+            );
+            println!(
+                "Join as attendee: {}",
+                mint(link_grant(&key, &room, Role::Attendee, None, 24 * 3600))?
             );
             println!();
             server.run_until_signal().await
@@ -164,19 +207,8 @@ async fn main() -> anyhow::Result<()> {
                     config,
                 },
         } => {
-            let (key, secret) = match (
-                std::env::var("STAMMA_API_KEY"),
-                std::env::var("STAMMA_API_SECRET"),
-                config,
-            ) {
-                (Ok(k), Ok(s), _) => (k, s),
-                (_, _, Some(path)) => first_key(&path)?,
-                _ => bail!(
-                    "no API key: set STAMMA_API_KEY and STAMMA_API_SECRET, or pass --config FILE"
-                ),
-            };
-            let mut keys = ApiKeys::default();
-            keys.insert(&key, &secret)?;
+            let file = config.as_deref().map(read_cli_config).transpose()?;
+            let (key, secret) = api_key(file.as_ref())?;
             let room = room.unwrap_or_else(|| stamma_proto::ALL_ROOMS.to_owned());
             let identity = identity.unwrap_or_else(|| "admin".to_owned());
             let role = if admin { Role::Host } else { role };
@@ -186,35 +218,133 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", g.mint(&key, secret.as_bytes())?);
             Ok(())
         }
+        Cmd::Link {
+            command:
+                LinkCmd::Create {
+                    room,
+                    role,
+                    ttl,
+                    name,
+                    identity,
+                    url,
+                    config,
+                },
+        } => {
+            let file = config.as_deref().map(read_cli_config).transpose()?;
+            let (key, secret) = api_key(file.as_ref())?;
+            let base = link_base(url, file.as_ref())?;
+            let mut g = link_grant(&key, &room, role, identity.as_deref(), ttl);
+            g.name = name;
+            println!(
+                "{}",
+                join_url(&base, &room, &g.mint(&key, secret.as_bytes())?)
+            );
+            Ok(())
+        }
     }
 }
 
-fn first_key(path: &std::path::Path) -> anyhow::Result<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Keys {
-        #[serde(default)]
-        keys: Vec<Key>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Key {
-        id: String,
-        secret: String,
-    }
+/// What the token and link commands read from a config file: not the
+/// whole server config (they start nothing, and need nothing else valid).
+#[derive(Debug, Default, serde::Deserialize)]
+struct CliConfig {
+    #[serde(skip)]
+    path: PathBuf,
+    #[serde(default)]
+    keys: Vec<CliKey>,
+    #[serde(default)]
+    http: CliHttp,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CliKey {
+    id: String,
+    secret: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct CliHttp {
+    public_url: Option<String>,
+}
+
+fn read_cli_config(path: &Path) -> anyhow::Result<CliConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    let keys: Keys =
+    let mut c: CliConfig =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let k = keys
-        .keys
-        .into_iter()
-        .next()
-        .with_context(|| format!("{} has no [[keys]] entry", path.display()))?;
-    Ok((k.id, k.secret))
+    c.path = path.to_owned();
+    Ok(c)
+}
+
+/// The API key to sign with: STAMMA_API_KEY/STAMMA_API_SECRET, else the
+/// config file's first key. Checked as the server checks its keys.
+fn api_key(file: Option<&CliConfig>) -> anyhow::Result<(String, String)> {
+    let (key, secret) = match (
+        std::env::var("STAMMA_API_KEY"),
+        std::env::var("STAMMA_API_SECRET"),
+        file,
+    ) {
+        (Ok(k), Ok(s), _) => (k, s),
+        (_, _, Some(c)) => c
+            .keys
+            .first()
+            .map(|k| (k.id.clone(), k.secret.clone()))
+            .with_context(|| format!("{} has no [[keys]] entry", c.path.display()))?,
+        _ => bail!("no API key: set STAMMA_API_KEY and STAMMA_API_SECRET, or pass --config FILE"),
+    };
+    ApiKeys::default().insert(&key, &secret)?;
+    Ok((key, secret))
+}
+
+/// Base of a printed link: --url, else the config's http.public_url, else
+/// the address `stamma dev` listens on.
+fn link_base(url: Option<String>, file: Option<&CliConfig>) -> anyhow::Result<String> {
+    let base = url
+        .or_else(|| file.and_then(|c| c.http.public_url.clone()))
+        .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        bail!("{base:?} is not a base URL like https://meet.example.org");
+    }
+    Ok(base)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ttl;
+    use super::*;
+
+    #[test]
+    fn link_base_prefers_the_flag_then_the_config_then_the_dev_address() {
+        let file = CliConfig {
+            http: CliHttp {
+                public_url: Some("https://meet.example.org".into()),
+            },
+            ..CliConfig::default()
+        };
+        let flag = Some("https://other.example.org/".to_owned());
+        assert_eq!(
+            link_base(flag, Some(&file)).ok().as_deref(),
+            Some("https://other.example.org/")
+        );
+        assert_eq!(
+            link_base(None, Some(&file)).ok().as_deref(),
+            Some("https://meet.example.org")
+        );
+        assert_eq!(
+            link_base(None, None).ok().as_deref(),
+            Some(DEFAULT_BASE_URL)
+        );
+        assert!(link_base(Some("meet.example.org".into()), None).is_err());
+    }
+
+    #[test]
+    fn config_file_gives_key_and_public_url_and_ignores_the_rest() {
+        let c: CliConfig = toml::from_str(
+            "[http]\nbind = \"0.0.0.0:7880\"\npublic_url = \"https://m.example\"\n[[keys]]\nid = \"k1\"\nsecret = \"s\"\n[media]\nworkers = 2\n",
+        )
+        .unwrap_or_default();
+        assert_eq!(c.http.public_url.as_deref(), Some("https://m.example"));
+        assert_eq!(c.keys.first().map(|k| k.id.as_str()), Some("k1"));
+    }
 
     #[test]
     fn ttl_units() {

@@ -163,6 +163,13 @@ fn dev_prints_working_join_links() {
         }
     };
     assert_eq!(secret_lines, 1);
+    let guest = lines.next().expect("guest line").unwrap();
+    assert!(guest.starts_with("Join as guest: http://"), "{guest}");
+    let attendee = lines.next().expect("attendee line").unwrap();
+    let attendee = attendee
+        .strip_prefix("Join as attendee: ")
+        .expect("attendee line after the guest line");
+    assert!(attendee.contains("/r/standup?token="), "{attendee}");
     let rest = link.strip_prefix("http://").expect("http link");
     let (addr, path) = rest.split_once('/').unwrap();
     assert!(path.starts_with("r/standup?token="), "{path}");
@@ -218,5 +225,105 @@ fn serve_reads_its_config_file() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn link_create(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["link", "create"])
+        .args(args)
+        .env("STAMMA_API_KEY", KEY)
+        .env("STAMMA_API_SECRET", SECRET)
+        .output()
+        .unwrap()
+}
+
+/// The token of a printed link, checked against `base` and `room_segment`.
+fn link_token(out: &std::process::Output, base: &str, room_segment: &str) -> stamma_proto::Grant {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(url.lines().count(), 1, "{url}");
+    let prefix = format!("{base}/r/{room_segment}?token=");
+    let token = url
+        .trim()
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{url}"));
+    keys().verify(token).expect("valid token")
+}
+
+#[test]
+fn link_create_prints_a_shared_attendee_link_by_default() {
+    let g = link_token(
+        &link_create(&["--room", "Öppet möte", "--ttl", "30m"]),
+        "http://127.0.0.1:7880",
+        "%C3%96ppet%20m%C3%B6te",
+    );
+    assert_eq!(
+        (g.room.as_str(), g.sub.as_str(), g.role),
+        ("Öppet möte", "guest", Role::Attendee)
+    );
+    assert!(g.shared && !g.can_publish());
+    assert!((1790..=1810).contains(&(g.exp - g.iat)));
+
+    let g = link_token(
+        &link_create(&[
+            "--room",
+            "r",
+            "--role",
+            "host",
+            "--url",
+            "https://meet.example.org/",
+        ]),
+        "https://meet.example.org",
+        "r",
+    );
+    assert!(g.shared && g.sub == "host" && g.grants.admin);
+
+    let g = link_token(
+        &link_create(&[
+            "--room",
+            "r",
+            "--role",
+            "speaker",
+            "--identity",
+            "anna",
+            "--name",
+            "Anna",
+        ]),
+        "http://127.0.0.1:7880",
+        "r",
+    );
+    assert!(!g.shared && g.sub == "anna" && g.can_publish());
+    assert_eq!(g.name.as_deref(), Some("Anna"));
+
+    let out = link_create(&["--room", "r", "--url", "meet.example.org"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn link_create_takes_key_and_public_url_from_the_config() {
+    let dir = std::env::temp_dir().join(format!("stamma-cli-link-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("stamma.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[http]\npublic_url = \"https://hearing.example.org\"\n[[keys]]\nid = \"{KEY}\"\nsecret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["link", "create", "--room", "council", "--config"])
+        .arg(&cfg)
+        .env_remove("STAMMA_API_KEY")
+        .env_remove("STAMMA_API_SECRET")
+        .output()
+        .unwrap();
+    let g = link_token(&out, "https://hearing.example.org", "council");
+    assert_eq!(g.iss, KEY);
     let _ = std::fs::remove_dir_all(&dir);
 }

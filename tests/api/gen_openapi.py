@@ -157,7 +157,7 @@ schemas = {
         "type": "object", "additionalProperties": False,
         "properties": {
             "role": dict(ROLE, description="Default: the room's `default_role`."),
-            "identity": dict(NAME, description="Default: `guest-` and random characters. 1-64 characters, no control characters."),
+            "identity": dict(NAME, description="Default: none, and the link is shared: anyone with it may join, each session with its own identity (`guest-` or, for the host role, `host-`, and random characters), so its users do not replace each other. With an identity the link is for one person: a second join with it replaces the first. 1-64 characters, no control characters."),
             "name": dict(NAME, description="Display name. 1-64 characters, no control characters."),
             "ttl_s": {"type": "integer", "minimum": 1, "maximum": 2592000, "default": 86400,
                       "description": "Lifetime of the token in seconds (at most 30 days)."}}},

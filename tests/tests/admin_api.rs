@@ -639,9 +639,19 @@ async fn join_link_token_joins_the_room_with_the_rooms_default_role() -> anyhow:
         (Role::Attendee, Some("Citizen"))
     );
     assert!(me.identity.starts_with("guest-"));
+    // A link made without an identity is shared: a second citizen with the
+    // same link joins beside the first instead of replacing it.
+    let mut c2 = SignalClient::connect(&srv.base, &token).await?;
+    let (me2, _) = c2.join().await?;
+    assert!(me2.identity.starts_with("guest-") && me2.identity != me.identity);
     let list = participants(&srv, "hearing").await?;
-    assert_eq!(list.as_array().map(Vec::len), Some(1));
-    assert_eq!(list[0]["id"], me.id.as_str());
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    assert!(
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["id"] == me.id.as_str())
+    );
     // Links are for rooms that exist.
     let r = call(
         srv.server.http_addr,

@@ -565,9 +565,6 @@ async fn create_link(
         },
     };
     let role = body.role.unwrap_or(view.settings.default_role);
-    let identity = body
-        .identity
-        .unwrap_or_else(|| format!("guest-{}", stamma_proto::random_token(8)));
     // Signed with the key that signed the admin's token: revoking that key
     // revokes the links it made.
     let kid = admin.0.iss.clone();
@@ -578,12 +575,14 @@ async fn create_link(
             "API key was removed",
         )
     })?;
-    let mut grant = Grant::new(&kid, &room, &identity, role, ttl);
+    // Without an identity the link is for anyone who gets it: shared, so
+    // its users do not replace each other.
+    let mut grant = crate::links::link_grant(&kid, &room, role, body.identity.as_deref(), ttl);
     grant.name = body.name;
     let token = grant
         .mint(&kid, secret)
         .map_err(|e| Problem::unprocessable(e.to_string()))?;
-    let url = format!("{base}/r/{}?token={token}", encode_path_segment(&room));
+    let url = crate::links::join_url(&base, &room, &token);
     info!(room = %room, ?role, ttl_s = ttl, "join link created");
     let out = LinkOut {
         url,
@@ -614,29 +613,5 @@ impl<S: Send + Sync> FromRequestParts<S> for HostHeader {
             })
             .map(str::to_owned);
         Ok(HostHeader(host))
-    }
-}
-
-/// Percent-encode everything but RFC 3986 unreserved characters.
-fn encode_path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        assert_eq!(encode_path_segment("a b/ö"), "a%20b%2F%C3%B6");
-        assert_eq!(encode_path_segment("demo-1_x.y~"), "demo-1_x.y~");
     }
 }
