@@ -172,6 +172,8 @@ pub struct Received {
     pub kind: Option<MediaKind>,
     pub ssrc: u32,
     pub packets: u64,
+    /// Video frames begun (packets that start a VP8 frame).
+    pub frames: u64,
     pub first_at: Option<Instant>,
     pub last_at: Option<Instant>,
     /// Decoded audio (audio tracks).
@@ -259,6 +261,17 @@ impl TestParticipant {
         publish: Publish,
         route: Route,
     ) -> anyhow::Result<TestParticipant> {
+        let url = rtc_url(base, &token(room, identity, role), None)?;
+        Self::join_url(&url, publish, route).await
+    }
+
+    /// Join through a complete signaling URL (`ws://…/rtc?access_token=…`),
+    /// with whatever token it carries.
+    pub async fn join_url(
+        url: &str,
+        publish: Publish,
+        route: Route,
+    ) -> anyhow::Result<TestParticipant> {
         let Route {
             via,
             relay_only,
@@ -272,11 +285,11 @@ impl TestParticipant {
             None => sdp,
         };
         let connected_at = Instant::now();
-        let mut sig =
-            SignalClient::connect_url(&rtc_url(base, &token(room, identity, role), None)?)
-                .await
-                .context("connecting signaling")?;
+        let mut sig = SignalClient::connect_url(url)
+            .await
+            .context("connecting signaling")?;
         let (me, _others) = sig.join().await.context("joining")?;
+        let identity = me.identity.as_str();
         let options = PeerOptions {
             ice_servers: sig.ice_servers().to_vec(),
             relay_only,
@@ -424,8 +437,8 @@ impl TestParticipant {
         }
 
         Ok(TestParticipant {
+            identity: me.identity.clone(),
             id: me.id,
-            identity: identity.to_owned(),
             peer,
             connected_at,
             signals,
@@ -570,6 +583,7 @@ async fn read_track(
             MediaKind::Video => {
                 r.seqs.push(pkt.seq);
                 if let Some(info) = Vp8Frames::parse(&pkt.payload) {
+                    r.frames += u64::from(info.start_of_frame);
                     if pkt.seq == 1 {
                         r.first_is_keyframe = Some(info.keyframe);
                     }
