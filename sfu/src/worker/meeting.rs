@@ -13,7 +13,7 @@ use crate::demux::ParticipantKey;
 
 impl Worker {
     /// Send `signal` to everyone in `key`'s room, `key` first.
-    fn to_room_and_self(&mut self, key: ParticipantKey, signal: ServerSignal) {
+    fn tell_room_and_self(&mut self, key: ParticipantKey, signal: ServerSignal) {
         let Some(p) = self.get(key) else { return };
         let room = p.room.clone();
         p.send(signal.clone());
@@ -42,7 +42,7 @@ impl Worker {
             text,
             ts_ms: unix_ms(),
         };
-        self.to_room_and_self(key, signal);
+        self.tell_room_and_self(key, signal);
     }
 
     /// Raise or lower `key`'s own hand, or (a host) lower another's.
@@ -80,7 +80,7 @@ impl Worker {
             participant_id: t.id.clone(),
             raised,
         };
-        self.to_room_and_self(target, signal);
+        self.tell_room_and_self(target, signal);
     }
 
     /// A host mutes or removes someone in its room. Unmuting is left out
@@ -277,8 +277,8 @@ mod tests {
             participant_id: "PA_a".into(),
             raised: true,
         };
-        assert_eq!(signals(&mut a), [up.clone()]);
-        assert_eq!(signals(&mut host), [up]);
+        assert_eq!(signals(&mut a), vec![up.clone()]);
+        assert_eq!(signals(&mut host), vec![up]);
         // A late joiner sees the hand in `joined`.
         let mut late = join(&mut w, "PA_l", "r", Role::Attendee);
         let got = signals(&mut late);
@@ -301,8 +301,8 @@ mod tests {
             participant_id: "PA_a".into(),
             raised: false,
         };
-        assert_eq!(signals(&mut a), [down.clone()]);
-        assert_eq!(signals(&mut late), [down]);
+        assert_eq!(signals(&mut a), vec![down.clone()]);
+        assert_eq!(signals(&mut late), vec![down]);
     }
 
     #[test]
