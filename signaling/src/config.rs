@@ -25,7 +25,7 @@ pub struct ServerConfig {
     /// Where room, participant and track events are POSTed.
     pub webhooks: Vec<Endpoint>,
     pub webhook_delivery: Delivery,
-    /// Base URL of join links made by the admin API (`http.public_url`).
+    /// Base URL of join links made by the admin API and `stamma link create --config` (`http.public_url`).
     pub public_url: Option<String>,
     /// Serve HTTPS (and WSS) with this certificate instead of plain HTTP.
     pub tls: Option<TlsFiles>,
