@@ -1010,6 +1010,16 @@ impl Worker {
                 track: info.clone(),
             });
         }
+        // The publisher learns its track's id here too: the answer to its
+        // offer can list the track only when the media connection was
+        // already up (str0m reports new media once SRTP is ready).
+        if let Some(p) = self.participants[publisher].as_mut() {
+            for (info, _, _) in &infos {
+                p.send(ServerSignal::TrackPublished {
+                    track: info.clone(),
+                });
+            }
+        }
         let Some(r) = self.rooms.get(&room) else {
             return;
         };
