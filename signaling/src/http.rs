@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/rtc", get(rtc))
         .route("/r/{room}", get(room_page))
+        .route("/assets/{file}", get(asset))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .merge(crate::api::router())
         .with_state(state)
@@ -145,8 +146,35 @@ async fn room_page(Path(room): Path<String>) -> Response {
         [
             (header::CACHE_CONTROL, "no-store"),
             (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                web::CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::HeaderName::from_static("permissions-policy"),
+                "camera=(self), microphone=(self), display-capture=(self)",
+            ),
         ],
         Html(web::ROOM_PAGE),
     )
         .into_response()
+}
+
+/// The page's scripts and styles. `no-cache` (revalidate) rather than a long
+/// lifetime: the files have no content hash in their names, and a browser
+/// must not run an old script against a new server.
+async fn asset(Path(file): Path<String>) -> Response {
+    match web::asset(&file) {
+        Some(a) => (
+            [
+                (header::CONTENT_TYPE, a.content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            a.body,
+        )
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", "no such asset"),
+    }
 }
