@@ -239,6 +239,14 @@ async function newPage(label, locale = "en-GB") {
     if (!u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:")) foreign.push(`${label}: ${u}`);
   });
   page.on("dialog", (d) => d.accept());
+  // The `subscription` signals the page sends: what its tiles ask for.
+  page.subs = [];
+  page.on("websocket", (ws) => ws.on("framesent", (f) => {
+    try {
+      const m = JSON.parse(String(f.payload));
+      if (m.type === "subscription") page.subs.push(m);
+    } catch { /* not JSON */ }
+  }));
   return page;
 }
 
@@ -286,6 +294,28 @@ try {
       [...document.querySelectorAll(`#stage .tile[data-pid="${pid}"] .badge.muted`)].some((b) => !b.hidden), ids.bjorn, 2000);
     console.log(`${p.label} shows Björn muted after ${ms} ms`);
   }
+
+  step("tiles ask for their size; tiles out of view ask for nothing");
+  const tileSizes = await anna.evaluate(() => [...document.querySelectorAll("#stage .tile.remote video")].map((v) => ({
+    id: v.dataset.trackId, w: Math.round(v.clientWidth * devicePixelRatio), h: Math.round(v.clientHeight * devicePixelRatio) })));
+  for (const t of tileSizes) {
+    const asked = anna.subs.filter((m) => m.track_ids.includes(t.id) && m.width).pop();
+    if (!asked || Math.abs(asked.width - t.w) > t.w * 0.2 || Math.abs(asked.height - t.h) > t.h * 0.2) {
+      fail(`tile ${t.id} is ${t.w}x${t.h} but asked for ${JSON.stringify(asked)}`);
+    }
+  }
+  const before = anna.subs.length;
+  // A short window: the second row of tiles scrolls out of view.
+  await anna.setViewportSize({ width: 1280, height: 300 });
+  const hiddenDeadline = Date.now() + 5000;
+  while (!anna.subs.slice(before).some((m) => m.enabled === false)) {
+    if (Date.now() > hiddenDeadline) fail(`no tile out of view paused its track: ${JSON.stringify(anna.subs.slice(before))}`);
+    await anna.waitForTimeout(100);
+  }
+  await anna.setViewportSize({ width: 1280, height: 800 });
+  await waitFor(anna, "all remote tiles play again", () =>
+    [...document.querySelectorAll("#stage .tile.remote:not(.screen) video")].filter((v) => v.videoWidth > 0).length === 2);
+  console.log(`tiles asked for ${tileSizes.map((t) => `${t.w}x${t.h}`).join(", ")}; out of view: ${JSON.stringify(anna.subs.slice(before).find((m) => m.enabled === false))}`);
 
   step("screen share");
   await cecilia.click("#btn-share");
