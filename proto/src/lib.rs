@@ -9,8 +9,9 @@ pub mod signal;
 pub use grant::{ALL_ROOMS, Grant, GrantError, Grants, Role};
 pub use signal::{
     ClientSignal, ErrorCode, IceServer, LayerState, MAX_CHAT_CHARS, MAX_DISPLAY_NAME_CHARS,
-    MediaKind, ModerateAction, ParticipantInfo, PauseReason, PublishedTrack, ServerSignal, Speaker,
-    SubscribedTrack, TrackInfo, TrackSource, VideoQuality, chat_text, display_name,
+    MAX_E2EE_PAYLOAD_BYTES, MediaKind, ModerateAction, ParticipantInfo, PauseReason,
+    PublishedTrack, ServerSignal, Speaker, SubscribedTrack, TrackInfo, TrackSource, VideoQuality,
+    chat_text, display_name, e2ee_payload,
 };
 
 /// The signaling protocol version this crate speaks.

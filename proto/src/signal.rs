@@ -11,6 +11,23 @@ pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
 /// Longest chat message, in characters (after trimming).
 pub const MAX_CHAT_CHARS: usize = 2000;
 
+/// Largest `e2ee` payload relayed, in bytes: a public key with its proof or
+/// a sealed secret is a few hundred bytes; this leaves room for a list.
+pub const MAX_E2EE_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// Whether an `e2ee` payload may be relayed: not empty, not over the limit.
+pub fn e2ee_payload(payload: &str) -> Result<(), String> {
+    if payload.is_empty() {
+        return Err("e2ee payload is empty".into());
+    }
+    if payload.len() > MAX_E2EE_PAYLOAD_BYTES {
+        return Err(format!(
+            "e2ee payload is longer than {MAX_E2EE_PAYLOAD_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
 /// For `skip_serializing_if`: leave a false flag off the wire, so messages
 /// stay as they were before the flag existed.
 pub(crate) fn is_false(b: &bool) -> bool {
@@ -133,6 +150,11 @@ pub struct ParticipantInfo {
     /// The participant has raised a hand (absent: lowered).
     #[serde(default, skip_serializing_if = "is_false")]
     pub hand_raised: bool,
+    /// Order of joining in the room's life (1: the first to join). Unique
+    /// within a room while it exists; E2EE clients derive key ids from it
+    /// and let the lowest hand out keys.
+    #[serde(default)]
+    pub join_seq: u64,
 }
 
 /// What a host does to another participant with `moderate`.
@@ -251,6 +273,14 @@ pub enum ClientSignal {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         participant_id: Option<String>,
     },
+    /// End-to-end encryption key exchange, relayed unread: to one
+    /// participant (`to`), or to everyone else in the room. `payload` is
+    /// opaque to the server (public keys, sealed secrets; docs/e2ee.md).
+    E2ee {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        payload: String,
+    },
     /// A host mutes (one track, or all tracks) or removes a participant.
     Moderate {
         action: ModerateAction,
@@ -366,6 +396,11 @@ pub enum ServerSignal {
         text: String,
         ts_ms: u64,
     },
+    /// An `e2ee` message from another participant, as it sent it.
+    E2ee {
+        from: String,
+        payload: String,
+    },
     /// A hand was raised or lowered (sent to everyone, the participant too).
     HandRaised {
         participant_id: String,
@@ -470,7 +505,7 @@ impl ClientSignal {
                 "message must be an object with a string \"type\"".into(),
             ));
         };
-        const KNOWN: [&str; 11] = [
+        const KNOWN: [&str; 12] = [
             "join",
             "offer",
             "answer",
@@ -480,6 +515,7 @@ impl ClientSignal {
             "chat",
             "hand",
             "moderate",
+            "e2ee",
             "leave",
             "ping",
         ];
@@ -611,6 +647,20 @@ mod tests {
             ClientSignal::Chat { text: "hej".into() },
         );
         client_round_trip(
+            r#"{"type":"e2ee","payload":"pk:abc"}"#,
+            ClientSignal::E2ee {
+                to: None,
+                payload: "pk:abc".into(),
+            },
+        );
+        client_round_trip(
+            r#"{"type":"e2ee","to":"PA_b","payload":"sealed"}"#,
+            ClientSignal::E2ee {
+                to: Some("PA_b".into()),
+                payload: "sealed".into(),
+            },
+        );
+        client_round_trip(
             r#"{"type":"hand","raised":true}"#,
             ClientSignal::Hand {
                 raised: true,
@@ -663,6 +713,13 @@ mod tests {
     #[test]
     fn room_feature_server_signals_have_their_documented_shapes() {
         server_round_trip(
+            r#"{"type":"e2ee","from":"PA_a","payload":"sealed"}"#,
+            ServerSignal::E2ee {
+                from: "PA_a".into(),
+                payload: "sealed".into(),
+            },
+        );
+        server_round_trip(
             r#"{"type":"chat","participant_id":"PA_a","text":"hej","ts_ms":1732300000123}"#,
             ServerSignal::Chat {
                 participant_id: "PA_a".into(),
@@ -692,6 +749,7 @@ mod tests {
             role: Role::Attendee,
             tracks: vec![],
             hand_raised: false,
+            join_seq: 3,
         };
         let joined = |p: &ParticipantInfo, reconnect_token: Option<String>| ServerSignal::Joined {
             v: 1,
@@ -703,12 +761,12 @@ mod tests {
             reconnect_token,
         };
         server_round_trip(
-            r#"{"type":"joined","v":1,"room":"r","participant":{"id":"PA_a","identity":"anna","role":"attendee","tracks":[]},"participants":[],"e2ee_required":false}"#,
+            r#"{"type":"joined","v":1,"room":"r","participant":{"id":"PA_a","identity":"anna","role":"attendee","tracks":[],"join_seq":3},"participants":[],"e2ee_required":false}"#,
             joined(&p, None),
         );
         p.hand_raised = true;
         server_round_trip(
-            r#"{"type":"joined","v":1,"room":"r","participant":{"id":"PA_a","identity":"anna","role":"attendee","tracks":[],"hand_raised":true},"participants":[],"e2ee_required":false,"reconnect_token":"t.o.k"}"#,
+            r#"{"type":"joined","v":1,"room":"r","participant":{"id":"PA_a","identity":"anna","role":"attendee","tracks":[],"hand_raised":true,"join_seq":3},"participants":[],"e2ee_required":false,"reconnect_token":"t.o.k"}"#,
             joined(&p, Some("t.o.k".into())),
         );
     }

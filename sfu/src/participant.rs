@@ -39,6 +39,8 @@ pub struct Participant {
     /// May moderate the others in the room (a host).
     pub can_admin: bool,
     pub hand_raised: bool,
+    /// Order of joining in the room's life (1: first); see `ParticipantInfo`.
+    pub join_seq: u64,
     pub rtc: Rtc,
     pub ufrag: String,
     /// Remote addresses this participant's datagrams came from (for the demux).
@@ -124,6 +126,7 @@ impl Participant {
             can_subscribe: req.can_subscribe,
             can_admin: req.can_admin,
             hand_raised: false,
+            join_seq: 0,
             rtc,
             ufrag,
             addrs: Vec::new(),
@@ -155,6 +158,7 @@ impl Participant {
             role: self.role,
             tracks: self.published.iter().map(|t| t.info(&self.id)).collect(),
             hand_raised: self.hand_raised,
+            join_seq: self.join_seq,
         }
     }
 

@@ -16,6 +16,9 @@ pub struct Room {
     /// The publisher of the dominant speaker's audio; their camera is served
     /// first by every subscriber's Allocator.
     pub dominant: Option<ParticipantKey>,
+    /// The last `join_seq` handed out: never reused while the room exists,
+    /// so a rejoin is a new member for E2EE key ids.
+    pub joins: u64,
 }
 
 impl Room {
@@ -25,6 +28,7 @@ impl Room {
             participants: Vec::new(),
             speakers: SpeakerDetector::new(),
             dominant: None,
+            joins: 0,
         }
     }
 

@@ -464,6 +464,8 @@ impl Worker {
             .rooms
             .entry(room_name.clone())
             .or_insert_with(|| Room::new(room_name.clone()));
+        room.joins += 1;
+        p.join_seq = room.joins;
         let mut others = Vec::with_capacity(room.participants.len());
         for &k in &room.participants {
             if let Some(o) = self.participants[k].as_ref() {
@@ -664,6 +666,7 @@ impl Worker {
                 self.unpublish_from_room(&room, key, &pid, &track_id, mid);
             }
             ClientSignal::Chat { text } => self.chat(key, &text),
+            ClientSignal::E2ee { to, payload } => self.e2ee(key, to.as_deref(), payload),
             ClientSignal::Hand {
                 raised,
                 participant_id,

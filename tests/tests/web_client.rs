@@ -20,7 +20,10 @@ async fn room_page_and_every_asset_it_loads_are_served_by_the_binary() -> anyhow
         .to_owned();
     assert!(csp.contains("default-src 'none'"), "{csp}");
     assert!(csp.contains("connect-src 'self'"), "{csp}");
-    assert!(!csp.contains("http"), "the policy names no other origin: {csp}");
+    assert!(
+        !csp.contains("http"),
+        "the policy names no other origin: {csp}"
+    );
     assert_eq!(
         page.headers()
             .get("referrer-policy")
@@ -38,7 +41,10 @@ async fn room_page_and_every_asset_it_loads_are_served_by_the_binary() -> anyhow
         .map(str::to_owned)
         .collect();
     assert!(names.iter().any(|n| n == "app.js") && names.iter().any(|n| n == "style.css"));
-    let app = get(&format!("{}/assets/app.js", srv.base)).await?.text().await?;
+    let app = get(&format!("{}/assets/app.js", srv.base))
+        .await?
+        .text()
+        .await?;
     for line in app.lines().filter(|l| l.starts_with("import ")) {
         if let Some(module) = line.split("\"./").nth(1).and_then(|s| s.split('"').next()) {
             names.push(module.to_owned());
@@ -54,10 +60,17 @@ async fn room_page_and_every_asset_it_loads_are_served_by_the_binary() -> anyhow
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let want = if name.ends_with(".js") { "text/javascript" } else { "text/css" };
+        let want = if name.ends_with(".js") {
+            "text/javascript"
+        } else {
+            "text/css"
+        };
         assert!(ct.starts_with(want), "{name}: {ct}");
         let body = r.text().await?;
-        assert!(!body.contains("https://"), "{name} refers to another origin");
+        assert!(
+            !body.contains("https://"),
+            "{name} refers to another origin"
+        );
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use stamma_proto::{ErrorCode, ModerateAction, ServerSignal, chat_text};
+use stamma_proto::{ErrorCode, ModerateAction, ServerSignal, chat_text, e2ee_payload};
 use tracing::info;
 
 use super::Worker;
@@ -43,6 +43,31 @@ impl Worker {
             ts_ms: unix_ms(),
         };
         self.tell_room_and_self(key, signal);
+    }
+
+    /// Relay an end-to-end encryption message unread: to one participant of
+    /// the sender's room, or to everyone else in it. The payload is never
+    /// logged (it is key material, sealed or public).
+    pub(super) fn e2ee(&mut self, key: ParticipantKey, to: Option<&str>, payload: String) {
+        let Some(p) = self.get(key) else { return };
+        if let Err(why) = e2ee_payload(&payload) {
+            p.send(ServerSignal::error(ErrorCode::BadMessage, why));
+            return;
+        }
+        let (room, from) = (p.room.clone(), p.id.clone());
+        let signal = ServerSignal::E2ee { from, payload };
+        match to {
+            None => self.broadcast(&room, key, |_| signal.clone()),
+            Some(id) => match self.find(&room, id) {
+                Ok(target) if target != key => {
+                    if let Some(t) = self.get(target) {
+                        t.send(signal);
+                    }
+                }
+                Ok(_) => self.refuse(key, ErrorCode::BadMessage, "e2ee: to is yourself".into()),
+                Err(e) => self.refuse(key, ErrorCode::UnknownParticipant, e.to_string()),
+            },
+        }
     }
 
     /// Raise or lower `key`'s own hand, or (a host) lower another's.
@@ -227,6 +252,101 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn e2ee_from(rx: &mut mpsc::Receiver<ToParticipant>) -> Vec<(String, String)> {
+        signals(rx)
+            .into_iter()
+            .filter_map(|s| match s {
+                ServerSignal::E2ee { from, payload } => Some((from, payload)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn e2ee_messages_are_relayed_unread_to_one_or_to_the_rest_of_the_room_only() {
+        let mut w = worker();
+        let mut a = join(&mut w, "PA_a", "r", Role::Speaker);
+        let mut b = join(&mut w, "PA_b", "r", Role::Speaker);
+        let mut c = join(&mut w, "PA_c", "r", Role::Attendee);
+        let mut other = join(&mut w, "PA_x", "elsewhere", Role::Host);
+        for rx in [&mut a, &mut b, &mut c, &mut other] {
+            signals(rx);
+        }
+        let to_rest = ClientSignal::E2ee {
+            to: None,
+            payload: "pk".into(),
+        };
+        send(&mut w, "PA_a", to_rest);
+        let sealed = ClientSignal::E2ee {
+            to: Some("PA_c".into()),
+            payload: "sealed-for-c".into(),
+        };
+        send(&mut w, "PA_a", sealed);
+        assert_eq!(e2ee_from(&mut a), vec![], "not echoed to the sender");
+        assert_eq!(e2ee_from(&mut b), vec![("PA_a".into(), "pk".into())]);
+        assert_eq!(
+            e2ee_from(&mut c),
+            vec![
+                ("PA_a".into(), "pk".into()),
+                ("PA_a".into(), "sealed-for-c".into())
+            ]
+        );
+        assert_eq!(e2ee_from(&mut other), vec![], "other rooms hear nothing");
+        // Another room's participant is unknown here; empty and oversized
+        // payloads are refused; none of it ends the session.
+        let cross = ClientSignal::E2ee {
+            to: Some("PA_x".into()),
+            payload: "p".into(),
+        };
+        send(&mut w, "PA_a", cross);
+        let empty = ClientSignal::E2ee {
+            to: None,
+            payload: String::new(),
+        };
+        send(&mut w, "PA_a", empty);
+        let big = ClientSignal::E2ee {
+            to: None,
+            payload: "x".repeat(stamma_proto::MAX_E2EE_PAYLOAD_BYTES + 1),
+        };
+        send(&mut w, "PA_a", big);
+        assert_eq!(
+            errors(&mut a),
+            vec![
+                ErrorCode::UnknownParticipant,
+                ErrorCode::BadMessage,
+                ErrorCode::BadMessage
+            ]
+        );
+        assert_eq!(e2ee_from(&mut other), vec![]);
+        assert_eq!(e2ee_from(&mut b), vec![]);
+    }
+
+    #[test]
+    fn join_order_is_counted_per_room_and_never_reused() {
+        let mut w = worker();
+        let mut a = join(&mut w, "PA_a", "r", Role::Speaker);
+        let seq = |rx: &mut mpsc::Receiver<ToParticipant>| {
+            signals(rx).into_iter().find_map(|s| match s {
+                ServerSignal::Joined { participant, .. } => Some(participant.join_seq),
+                _ => None,
+            })
+        };
+        assert_eq!(seq(&mut a), Some(1));
+        let mut b = join(&mut w, "PA_b", "r", Role::Speaker);
+        assert_eq!(seq(&mut b), Some(2));
+        let mut x = join(&mut w, "PA_x", "other", Role::Speaker);
+        assert_eq!(seq(&mut x), Some(1));
+        w.handle_command(
+            Instant::now(),
+            Command::Leave {
+                participant_id: "PA_b".into(),
+                reason: "left".into(),
+            },
+        );
+        let mut b2 = join(&mut w, "PA_b2", "r", Role::Speaker);
+        assert_eq!(seq(&mut b2), Some(3));
     }
 
     #[test]
