@@ -159,7 +159,7 @@ pub mod schedule {
 
     /// A sender's SFrame base key: HKDF-Expand(E, SENDER ‖ participant_id, 32).
     pub fn sender_base_key(
-        epoch_secret: &[u8],
+        epoch_secret: &[u8; SECRET_LEN],
         participant_id: &str,
     ) -> Result<[u8; SECRET_LEN], kdf::KdfError> {
         let prk = Prk::from_bytes(Hash::Sha256, epoch_secret);
@@ -173,7 +173,7 @@ pub mod schedule {
     }
 
     /// The next epoch secret on a join: HKDF-Expand(E, RATCHET, 32).
-    pub fn ratchet(epoch_secret: &[u8]) -> Result<[u8; SECRET_LEN], kdf::KdfError> {
+    pub fn ratchet(epoch_secret: &[u8; SECRET_LEN]) -> Result<[u8; SECRET_LEN], kdf::KdfError> {
         let prk = Prk::from_bytes(Hash::Sha256, epoch_secret);
         let mut out = [0u8; SECRET_LEN];
         kdf::expand(&prk, &[labels::RATCHET.as_bytes()], &mut out)?;

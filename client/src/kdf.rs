@@ -49,8 +49,9 @@ pub(crate) struct Prk {
 }
 
 impl Prk {
-    /// A PRK given as bytes (e.g. a 32-byte secret used directly as the key
-    /// of Expand, as the planned key schedule does).
+    /// A PRK given as bytes (a 32-byte epoch secret used directly as the key
+    /// of Expand, as the key schedule does). Callers pass `hash.len()`
+    /// bytes; the types of `e2ee::schedule` enforce it.
     pub(crate) fn from_bytes(hash: Hash, bytes: &[u8]) -> Prk {
         let mut prk = Prk {
             hash,
