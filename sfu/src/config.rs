@@ -31,6 +31,9 @@ pub struct SfuConfig {
     /// Also listen on TCP at each worker's media address and offer a passive
     /// ICE-TCP candidate there, for clients whose networks block UDP.
     pub ice_tcp: bool,
+    /// Records what the workers forward (end-to-end tests only).
+    #[cfg(feature = "test-tap")]
+    pub tap: Option<std::sync::Arc<crate::tap::MediaTap>>,
 }
 
 impl Default for SfuConfig {
@@ -48,6 +51,8 @@ impl Default for SfuConfig {
             bwe_initial_kbps: 1_000,
             events: crate::EventSink::default(),
             ice_tcp: true,
+            #[cfg(feature = "test-tap")]
+            tap: None,
         }
     }
 }

@@ -18,6 +18,8 @@ pub mod participant;
 pub mod room;
 pub mod speaker;
 pub mod subscription;
+#[cfg(feature = "test-tap")]
+pub mod tap;
 pub mod track;
 pub mod worker;
 

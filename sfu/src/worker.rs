@@ -1680,6 +1680,10 @@ impl Worker {
             }
         };
         let track = &mut p.published[index];
+        #[cfg(feature = "test-tap")]
+        if let Some(tap) = &self.config.tap {
+            tap.record(&p.room, track.kind, &pkt.payload);
+        }
         let mid = track.mid;
         let is_video = track.kind == MediaKind::Video;
         let l = &mut track.layers[layer];

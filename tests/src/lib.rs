@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use stamma::{Server, ServerConfig};
+use stamma_client::e2ee::{self, Codec};
 use stamma_client::media::Vp8Frames;
 use stamma_client::media::opus_tone::{ToneDecoder, encode_tone};
 use stamma_client::peer::{
     LocalTrack, MediaKind as PeerKind, Peer, PeerEvent, PeerOptions, RemoteTrack,
 };
+use stamma_client::sframe::{CipherSuite, Decryptor, Encryptor};
 use stamma_client::signal::{SignalClient, rtc_url};
 use stamma_proto::{
     ClientSignal, Grant, MediaKind, PublishedTrack, Role, ServerSignal, SubscribedTrack,
@@ -178,6 +180,10 @@ pub struct Received {
     pub last_at: Option<Instant>,
     /// Decoded audio (audio tracks).
     pub pcm: Vec<i16>,
+    /// Audio packets that did not decrypt (E2EE participants only).
+    pub decrypt_failures: u64,
+    /// Audio packets that decrypted.
+    pub decrypted: u64,
     /// Sequence numbers in arrival order (video tracks).
     pub seqs: Vec<u16>,
     /// (arrival, picture id) of keyframe starts (video tracks).
@@ -206,6 +212,18 @@ pub struct Route {
 pub struct Publish {
     pub tone_hz: Option<f32>,
     pub video: bool,
+    /// End-to-end encryption of its audio (SFrame, docs/e2ee.md) and the
+    /// key it reads others' audio with.
+    pub e2ee: Option<E2ee>,
+}
+
+/// A test participant's SFrame keys: `(kid, base key)` to send with, and
+/// to read with. Audio only: the synthetic VP8 is made packet by packet,
+/// not frame by frame, so it stays in clear.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct E2ee {
+    pub send: Option<(u64, [u8; 32])>,
+    pub read: Option<(u64, [u8; 32])>,
 }
 
 /// A participant: signaling + webrtc-rs peer, negotiating on its own and
@@ -415,7 +433,8 @@ impl TestParticipant {
             tasks.push(tokio::spawn(async move {
                 while let Some(ev) = events.recv().await {
                     if let PeerEvent::Track(t) = ev {
-                        tokio::spawn(read_track(t, received.clone(), mids.clone()));
+                        let read = publish.e2ee.and_then(|e| e.read);
+                        tokio::spawn(read_track(t, received.clone(), mids.clone(), read));
                     }
                 }
             }));
@@ -430,7 +449,8 @@ impl TestParticipant {
             match t.kind() {
                 PeerKind::Audio => {
                     let hz = publish.tone_hz.unwrap_or(440.0);
-                    tasks.push(tokio::spawn(send_tone(t, hz)));
+                    let key = publish.e2ee.and_then(|e| e.send);
+                    tasks.push(tokio::spawn(send_tone(t, hz, key)));
                 }
                 PeerKind::Video => tasks.push(tokio::spawn(send_video(t))),
             }
@@ -536,7 +556,20 @@ async fn read_track(
     track: RemoteTrack,
     received: Arc<Mutex<HashMap<String, Received>>>,
     mids: Arc<Mutex<HashMap<String, SubscribedTrack>>>,
+    e2ee_read: Option<(u64, [u8; 32])>,
 ) {
+    let mut decryptor = match e2ee_read.map(|(kid, key)| {
+        let mut d = Decryptor::new();
+        d.add_key(CipherSuite::Aes128GcmSha256, kid, &key)
+            .map(|()| d)
+    }) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "e2ee key");
+            return;
+        }
+    };
     // The msid track id is the server's track id.
     let track_id = track.track_id().to_owned();
     let publisher_id = track.stream_id().to_owned();
@@ -566,7 +599,24 @@ async fn read_track(
         };
         let now = Instant::now();
         pcm.clear();
-        if kind == MediaKind::Audio && decoder.decode(&pkt.payload, &mut pcm).is_err() {
+        let (mut decrypted, mut failed) = (0, 0);
+        let clear = match (&mut decryptor, kind) {
+            (Some(d), MediaKind::Audio) => match e2ee::unprotect(d, Codec::Opus, &pkt.payload) {
+                Ok(frame) => {
+                    decrypted = 1;
+                    Some(frame)
+                }
+                Err(_) => {
+                    failed = 1;
+                    None
+                }
+            },
+            _ => Some(pkt.payload.to_vec()),
+        };
+        if kind == MediaKind::Audio
+            && let Some(frame) = &clear
+            && decoder.decode(frame, &mut pcm).is_err()
+        {
             tracing::error!("undecodable opus packet");
         }
         let mut all = received.lock().unwrap_or_else(|e| e.into_inner());
@@ -576,6 +626,8 @@ async fn read_track(
         r.kind = Some(kind);
         r.ssrc = pkt.ssrc;
         r.packets += 1;
+        r.decrypted += decrypted;
+        r.decrypt_failures += failed;
         r.first_at.get_or_insert(now);
         r.last_at = Some(now);
         match kind {
@@ -604,7 +656,16 @@ async fn read_track(
 }
 
 /// Opus tone, 20 ms packets, until aborted.
-async fn send_tone(track: LocalTrack, hz: f32) {
+async fn send_tone(track: LocalTrack, hz: f32, e2ee: Option<(u64, [u8; 32])>) {
+    let mut encryptor =
+        match e2ee.map(|(kid, key)| Encryptor::new(CipherSuite::Aes128GcmSha256, kid, &key)) {
+            None => None,
+            Some(Ok(e)) => Some(e),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "e2ee key");
+                return;
+            }
+        };
     let packets = match encode_tone(hz, 250) {
         Ok(p) => p,
         Err(e) => {
@@ -619,7 +680,17 @@ async fn send_tone(track: LocalTrack, hz: f32) {
     for i in 0.. {
         tick.tick().await;
         let p = &packets[i % packets.len()];
-        let _ = track.write_rtp(seq, ts, false, p).await;
+        match &mut encryptor {
+            None => {
+                let _ = track.write_rtp(seq, ts, false, p).await;
+            }
+            Some(enc) => match e2ee::protect(enc, Codec::Opus, p) {
+                Ok(sealed) => {
+                    let _ = track.write_rtp(seq, ts, false, &sealed).await;
+                }
+                Err(e) => tracing::error!(error = %e, "e2ee protect"),
+            },
+        }
         seq = seq.wrapping_add(1);
         ts = ts.wrapping_add(960);
     }

@@ -185,6 +185,7 @@ async fn clients_vanishing_mid_handshake_leave_nothing_behind() -> anyhow::Resul
         Publish {
             tone_hz: Some(440.0),
             video: false,
+            e2ee: None,
         },
     )
     .await?;
@@ -219,6 +220,7 @@ async fn random_udp_datagrams_do_not_disturb_a_live_call() -> anyhow::Result<()>
         Publish {
             tone_hz: Some(440.0),
             video: true,
+            e2ee: None,
         },
     )
     .await?;
@@ -230,6 +232,7 @@ async fn random_udp_datagrams_do_not_disturb_a_live_call() -> anyhow::Result<()>
         Publish {
             tone_hz: Some(660.0),
             video: false,
+            e2ee: None,
         },
     )
     .await?;
@@ -288,6 +291,7 @@ async fn random_udp_datagrams_do_not_disturb_a_live_call() -> anyhow::Result<()>
         Publish {
             tone_hz: None,
             video: false,
+            e2ee: None,
         },
     )
     .await?;

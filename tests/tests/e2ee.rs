@@ -1,0 +1,205 @@
+//! End-to-end encryption through the SFU (SFrame, docs/e2ee.md): a
+//! participant with the key hears the sender's tone; one with a valid token
+//! but without the key decrypts nothing; and what the server forwards, seen
+//! by a test tap after SRTP decryption, neither decodes to the tone nor
+//! contains the plaintext.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use stamma_client::e2ee::schedule;
+use stamma_client::media::dominant_frequency;
+use stamma_client::media::opus_tone::{ToneDecoder, encode_tone};
+use stamma_proto::{MediaKind, Role};
+use stamma_sfu::tap::MediaTap;
+use stamma_tests::{E2ee, Publish, TestParticipant, TestServer, wait_until};
+
+const TONE_HZ: f32 = 440.0;
+
+fn hears_tone(f: Option<f32>) -> bool {
+    f.is_some_and(|f| (f - TONE_HZ).abs() < 20.0)
+}
+
+#[tokio::test]
+async fn encrypted_audio_is_the_tone_only_for_key_holders_and_opaque_to_the_server()
+-> anyhow::Result<()> {
+    let tap = Arc::new(MediaTap::new(10_000));
+    let srv = {
+        let tap = tap.clone();
+        TestServer::start_with(1, move |c| c.media.tap = Some(tap)).await?
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xe2ee);
+    let key: [u8; 32] = rng.random();
+    let wrong: [u8; 32] = rng.random();
+    let kid = schedule::kid(1, 0);
+    let listen = |read| Publish {
+        e2ee: Some(E2ee { send: None, read }),
+        ..Publish::default()
+    };
+    let alice = TestParticipant::join(
+        &srv.base,
+        "secret-meeting",
+        "alice",
+        Role::Speaker,
+        Publish {
+            tone_hz: Some(TONE_HZ),
+            e2ee: Some(E2ee {
+                send: Some((kid, key)),
+                read: None,
+            }),
+            ..Publish::default()
+        },
+    )
+    .await?;
+    let bob = TestParticipant::join(
+        &srv.base,
+        "secret-meeting",
+        "bob",
+        Role::Speaker,
+        listen(Some((kid, key))),
+    )
+    .await?;
+    // A valid token without the room secret: the right key id, a wrong key.
+    let eve = TestParticipant::join(
+        &srv.base,
+        "secret-meeting",
+        "eve",
+        Role::Attendee,
+        listen(Some((kid, wrong))),
+    )
+    .await?;
+    // No E2EE at all: decodes what arrives as if it were Opus.
+    let mallory = TestParticipant::join(
+        &srv.base,
+        "secret-meeting",
+        "mallory",
+        Role::Attendee,
+        Publish::default(),
+    )
+    .await?;
+
+    wait_until(Duration::from_secs(20), "bob hears alice's tone", || {
+        hears_tone(bob.heard_frequency(&alice.id))
+    })
+    .await?;
+    // Everyone has been receiving for a while; give the others 2 s more.
+    let eve_track = eve.received_from(&alice.id, MediaKind::Audio);
+    wait_until(Duration::from_secs(10), "eve receives 100 packets", || {
+        eve.received_from(&alice.id, MediaKind::Audio)
+            .and_then(|t| eve.with_received(&t, |r| r.packets))
+            .is_some_and(|n| n >= 100)
+    })
+    .await?;
+    let eve_track = eve_track.or_else(|| eve.received_from(&alice.id, MediaKind::Audio));
+    let (eve_ok, eve_failed) = eve_track
+        .and_then(|t| eve.with_received(&t, |r| (r.decrypted, r.decrypt_failures)))
+        .unwrap_or_default();
+    assert_eq!(eve_ok, 0, "a wrong key decrypts nothing");
+    assert!(eve_failed >= 100, "eve received packets: {eve_failed}");
+    wait_until(
+        Duration::from_secs(10),
+        "mallory receives 1 s of audio",
+        || {
+            mallory
+                .received_from(&alice.id, MediaKind::Audio)
+                .and_then(|t| mallory.with_received(&t, |r| r.packets))
+                .is_some_and(|n| n >= 60)
+        },
+    )
+    .await?;
+    assert!(
+        !hears_tone(mallory.heard_frequency(&alice.id)),
+        "without the key the audio is not the tone: {:?}",
+        mallory.heard_frequency(&alice.id)
+    );
+    let (bob_ok, bob_failed) = bob
+        .received_from(&alice.id, MediaKind::Audio)
+        .and_then(|t| bob.with_received(&t, |r| (r.decrypted, r.decrypt_failures)))
+        .unwrap_or_default();
+    assert!(
+        bob_ok >= 50 && bob_failed == 0,
+        "bob: {bob_ok} ok, {bob_failed} failed"
+    );
+
+    // What the SFU forwarded: opaque.
+    let seen: Vec<Vec<u8>> = tap
+        .take()
+        .into_iter()
+        .filter(|p| p.room == "secret-meeting" && p.kind == MediaKind::Audio)
+        .map(|p| p.payload)
+        .collect();
+    assert!(seen.len() >= 100, "tapped {} audio payloads", seen.len());
+    let plaintext = encode_tone(TONE_HZ, 250)?;
+    // No 12-byte run of any plaintext frame (past its clear TOC byte) appears
+    // in anything the server forwarded.
+    for frame in &plaintext {
+        for window in frame[1..].windows(12).step_by(6) {
+            assert!(
+                !seen.iter().any(|p| p.windows(12).any(|w| w == window)),
+                "plaintext bytes reached the server"
+            );
+        }
+    }
+    // The Opus TOC byte is the one thing left in clear, as designed.
+    assert!(seen.iter().all(|p| plaintext.iter().any(|f| f[0] == p[0])));
+    let mut decoder = ToneDecoder::new()?;
+    let mut pcm = Vec::new();
+    let mut undecodable = 0;
+    for p in &seen {
+        if decoder.decode(p, &mut pcm).is_err() {
+            undecodable += 1;
+        }
+    }
+    let heard = (pcm.len() >= 48_000).then(|| dominant_frequency(&pcm, 100.0, 4000.0, 5.0));
+    assert!(
+        !hears_tone(heard),
+        "the forwarded audio decodes to the tone ({heard:?}, {undecodable} undecodable)"
+    );
+    println!(
+        "server saw {} audio payloads: {undecodable} undecodable as Opus, the rest decode to {heard:?} Hz, not {TONE_HZ}",
+        seen.len()
+    );
+    drop((alice, bob, eve, mallory));
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_e2ee_the_tap_sees_the_tone_so_the_opacity_test_can_fail() -> anyhow::Result<()> {
+    let tap = Arc::new(MediaTap::new(10_000));
+    let srv = {
+        let tap = tap.clone();
+        TestServer::start_with(1, move |c| c.media.tap = Some(tap)).await?
+    };
+    let alice = TestParticipant::join(
+        &srv.base,
+        "plain",
+        "alice",
+        Role::Speaker,
+        Publish {
+            tone_hz: Some(TONE_HZ),
+            ..Publish::default()
+        },
+    )
+    .await?;
+    let bob =
+        TestParticipant::join(&srv.base, "plain", "bob", Role::Speaker, Publish::default()).await?;
+    wait_until(Duration::from_secs(20), "bob hears alice's tone", || {
+        hears_tone(bob.heard_frequency(&alice.id))
+    })
+    .await?;
+    let mut decoder = ToneDecoder::new()?;
+    let mut pcm = Vec::new();
+    for p in tap
+        .take()
+        .into_iter()
+        .filter(|p| p.kind == MediaKind::Audio)
+    {
+        let _ = decoder.decode(&p.payload, &mut pcm);
+    }
+    assert!(pcm.len() >= 48_000);
+    assert!(hears_tone(Some(dominant_frequency(
+        &pcm, 100.0, 4000.0, 5.0
+    ))));
+    Ok(())
+}
