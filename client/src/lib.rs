@@ -4,6 +4,7 @@
 
 pub mod e2ee;
 pub mod hpke;
+pub mod key_exchange;
 mod kdf;
 pub mod media;
 #[cfg(feature = "webrtc-peer")]
