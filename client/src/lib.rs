@@ -4,8 +4,8 @@
 
 pub mod e2ee;
 pub mod hpke;
-pub mod key_exchange;
 mod kdf;
+pub mod key_exchange;
 pub mod media;
 #[cfg(feature = "webrtc-peer")]
 pub mod peer;

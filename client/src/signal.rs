@@ -55,6 +55,7 @@ pub struct SignalClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     ice_servers: Vec<IceServer>,
     reconnect_token: Option<String>,
+    room: String,
 }
 
 impl SignalClient {
@@ -69,6 +70,7 @@ impl SignalClient {
                 ws,
                 ice_servers: Vec::new(),
                 reconnect_token: None,
+                room: String::new(),
             }),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
@@ -140,12 +142,14 @@ impl SignalClient {
         .await?;
         match self.recv().await? {
             ServerSignal::Joined {
+                room,
                 participant,
                 participants,
                 ice_servers,
                 reconnect_token,
                 ..
             } => {
+                self.room = room;
                 self.ice_servers = ice_servers;
                 self.reconnect_token = reconnect_token;
                 Ok((participant, participants))
@@ -158,6 +162,11 @@ impl SignalClient {
     /// connection, from `joined`.
     pub fn reconnect_token(&self) -> Option<&str> {
         self.reconnect_token.as_deref()
+    }
+
+    /// The room joined (from `joined`; empty before).
+    pub fn room(&self) -> &str {
+        &self.room
     }
 
     /// The TURN/STUN servers (with credentials) the server gave in `joined`.

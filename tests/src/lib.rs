@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use stamma::{Server, ServerConfig};
 use stamma_client::e2ee::{self, Codec};
+use stamma_client::key_exchange::KeyExchange;
 use stamma_client::media::Vp8Frames;
 use stamma_client::media::opus_tone::{ToneDecoder, encode_tone};
 use stamma_client::peer::{
@@ -218,12 +219,35 @@ pub struct Publish {
 }
 
 /// A test participant's SFrame keys: `(kid, base key)` to send with, and
-/// to read with. Audio only: the synthetic VP8 is made packet by packet,
-/// not frame by frame, so it stays in clear.
+/// to read with; or, with `room_secret`, keys from the key exchange
+/// (`stamma_client::key_exchange`, docs/e2ee.md) that change as people come
+/// and go. Audio only: the synthetic VP8 is made packet by packet, not
+/// frame by frame, so it stays in clear.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct E2ee {
     pub send: Option<(u64, [u8; 32])>,
     pub read: Option<(u64, [u8; 32])>,
+    pub room_secret: Option<[u8; 32]>,
+}
+
+/// The keys a test participant uses now; `version` changes with them.
+#[derive(Debug, Clone, Default)]
+pub struct E2eeKeys {
+    pub send: Option<(u64, [u8; 32])>,
+    pub read: Vec<(u64, [u8; 32])>,
+    /// The key exchange's generation (`None` without one, or before a key).
+    pub generation: Option<u8>,
+    pub version: u64,
+}
+
+type SharedKeys = Arc<Mutex<E2eeKeys>>;
+
+fn publish_keys(keys: &SharedKeys, kx: &KeyExchange) {
+    let mut k = keys.lock().unwrap_or_else(|e| e.into_inner());
+    k.send = kx.send_key();
+    k.read = kx.receive_keys(Instant::now());
+    k.generation = kx.generation();
+    k.version += 1;
 }
 
 /// A participant: signaling + webrtc-rs peer, negotiating on its own and
@@ -238,6 +262,8 @@ pub struct TestParticipant {
     /// Received media per remote track id.
     pub received: Arc<Mutex<HashMap<String, Received>>>,
     pub local_tracks: Arc<Mutex<Vec<LocalTrack>>>,
+    /// The E2EE keys in use (see [`E2ee`]).
+    pub e2ee_keys: SharedKeys,
     outgoing: mpsc::UnboundedSender<ClientSignal>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -306,8 +332,31 @@ impl TestParticipant {
         let mut sig = SignalClient::connect_url(url)
             .await
             .context("connecting signaling")?;
-        let (me, _others) = sig.join().await.context("joining")?;
+        let (me, others) = sig.join().await.context("joining")?;
         let identity = me.identity.as_str();
+        let e2ee_keys: SharedKeys = Arc::default();
+        let mut kx = None;
+        let mut kx_hello = Vec::new();
+        match publish.e2ee {
+            Some(E2ee {
+                room_secret: Some(secret),
+                ..
+            }) => {
+                let mut x = KeyExchange::new(sig.room(), &secret, &me.id, me.join_seq)?;
+                let list: Vec<(String, u64)> =
+                    others.iter().map(|o| (o.id.clone(), o.join_seq)).collect();
+                kx_hello = x.joined(&list)?;
+                publish_keys(&e2ee_keys, &x);
+                kx = Some(x);
+            }
+            Some(E2ee { send, read, .. }) => {
+                let mut k = e2ee_keys.lock().unwrap_or_else(|e| e.into_inner());
+                k.send = send;
+                k.read = read.into_iter().collect();
+                k.version = 1;
+            }
+            None => {}
+        }
         let options = PeerOptions {
             ice_servers: sig.ice_servers().to_vec(),
             relay_only,
@@ -365,8 +414,15 @@ impl TestParticipant {
             let signals = signals.clone();
             let mids = mids.clone();
             let received = received.clone();
+            let e2ee_keys = e2ee_keys.clone();
+            let mut kx = kx;
             tasks.push(tokio::spawn(async move {
                 let mut local_offer_out = false;
+                for o in kx_hello {
+                    if sig.send(&ClientSignal::E2ee { to: o.to, payload: o.payload }).await.is_err() {
+                        return;
+                    }
+                }
                 if let Some(o) = offer {
                     if sig.send(&o).await.is_err() {
                         return;
@@ -410,6 +466,39 @@ impl TestParticipant {
                                         r.ended = true;
                                     }
                                 }
+                                ServerSignal::ParticipantJoined { participant } => {
+                                    if let Some(x) = &mut kx {
+                                        x.participant_joined(&participant.id, participant.join_seq);
+                                    }
+                                }
+                                ServerSignal::ParticipantLeft { participant_id, .. } => {
+                                    if let Some(x) = &mut kx {
+                                        let out = x.participant_left(&participant_id, Instant::now()).unwrap_or_default();
+                                        publish_keys(&e2ee_keys, x);
+                                        for o in out {
+                                            if sig.send(&ClientSignal::E2ee { to: o.to, payload: o.payload }).await.is_err() {
+                                                return;
+                                            }
+                                        }
+                                    }
+                                }
+                                ServerSignal::E2ee { from, payload } => {
+                                    if let Some(x) = &mut kx {
+                                        let out = match x.receive(&from, &payload, Instant::now()) {
+                                            Ok(out) => out,
+                                            Err(e) => {
+                                                tracing::debug!(error = %e, "e2ee message refused");
+                                                Vec::new()
+                                            }
+                                        };
+                                        publish_keys(&e2ee_keys, x);
+                                        for o in out {
+                                            if sig.send(&ClientSignal::E2ee { to: o.to, payload: o.payload }).await.is_err() {
+                                                return;
+                                            }
+                                        }
+                                    }
+                                }
                                 _ => {}
                             }
                         }
@@ -430,11 +519,12 @@ impl TestParticipant {
         {
             let received = received.clone();
             let mids = mids.clone();
+            let e2ee_keys = e2ee_keys.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(ev) = events.recv().await {
                     if let PeerEvent::Track(t) = ev {
-                        let read = publish.e2ee.and_then(|e| e.read);
-                        tokio::spawn(read_track(t, received.clone(), mids.clone(), read));
+                        let keys = publish.e2ee.map(|_| e2ee_keys.clone());
+                        tokio::spawn(read_track(t, received.clone(), mids.clone(), keys));
                     }
                 }
             }));
@@ -449,8 +539,8 @@ impl TestParticipant {
             match t.kind() {
                 PeerKind::Audio => {
                     let hz = publish.tone_hz.unwrap_or(440.0);
-                    let key = publish.e2ee.and_then(|e| e.send);
-                    tasks.push(tokio::spawn(send_tone(t, hz, key)));
+                    let keys = publish.e2ee.map(|_| e2ee_keys.clone());
+                    tasks.push(tokio::spawn(send_tone(t, hz, keys)));
                 }
                 PeerKind::Video => tasks.push(tokio::spawn(send_video(t))),
             }
@@ -464,6 +554,7 @@ impl TestParticipant {
             signals,
             received,
             local_tracks,
+            e2ee_keys,
             outgoing: out_tx,
             tasks,
         })
@@ -556,20 +647,10 @@ async fn read_track(
     track: RemoteTrack,
     received: Arc<Mutex<HashMap<String, Received>>>,
     mids: Arc<Mutex<HashMap<String, SubscribedTrack>>>,
-    e2ee_read: Option<(u64, [u8; 32])>,
+    e2ee_keys: Option<SharedKeys>,
 ) {
-    let mut decryptor = match e2ee_read.map(|(kid, key)| {
-        let mut d = Decryptor::new();
-        d.add_key(CipherSuite::Aes128GcmSha256, kid, &key)
-            .map(|()| d)
-    }) {
-        None => None,
-        Some(Ok(d)) => Some(d),
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "e2ee key");
-            return;
-        }
-    };
+    // The keys change as people come and go: rebuilt when their version does.
+    let mut decryptor: Option<(u64, Decryptor)> = None;
     // The msid track id is the server's track id.
     let track_id = track.track_id().to_owned();
     let publisher_id = track.stream_id().to_owned();
@@ -600,8 +681,21 @@ async fn read_track(
         let now = Instant::now();
         pcm.clear();
         let (mut decrypted, mut failed) = (0, 0);
+        if let Some(keys) = &e2ee_keys {
+            let k = keys.lock().unwrap_or_else(|e| e.into_inner());
+            if decryptor.as_ref().is_none_or(|(v, _)| *v != k.version) {
+                let mut d = Decryptor::new();
+                for (kid, key) in &k.read {
+                    if let Err(e) = d.add_key(CipherSuite::Aes128GcmSha256, *kid, key) {
+                        tracing::error!(error = %e, "e2ee key");
+                    }
+                }
+                decryptor = Some((k.version, d));
+            }
+        }
         let clear = match (&mut decryptor, kind) {
-            (Some(d), MediaKind::Audio) => match e2ee::unprotect(d, Codec::Opus, &pkt.payload) {
+            (Some((_, d)), MediaKind::Audio) => match e2ee::unprotect(d, Codec::Opus, &pkt.payload)
+            {
                 Ok(frame) => {
                     decrypted = 1;
                     Some(frame)
@@ -656,16 +750,10 @@ async fn read_track(
 }
 
 /// Opus tone, 20 ms packets, until aborted.
-async fn send_tone(track: LocalTrack, hz: f32, e2ee: Option<(u64, [u8; 32])>) {
-    let mut encryptor =
-        match e2ee.map(|(kid, key)| Encryptor::new(CipherSuite::Aes128GcmSha256, kid, &key)) {
-            None => None,
-            Some(Ok(e)) => Some(e),
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "e2ee key");
-                return;
-            }
-        };
+async fn send_tone(track: LocalTrack, hz: f32, e2ee_keys: Option<SharedKeys>) {
+    // (version, encryptor): a new key starts a new encryptor; with E2EE on
+    // and no key yet (a newcomer waiting for one), nothing is sent in clear.
+    let mut encryptor: Option<(u64, Option<Encryptor>)> = None;
     let packets = match encode_tone(hz, 250) {
         Ok(p) => p,
         Err(e) => {
@@ -680,11 +768,21 @@ async fn send_tone(track: LocalTrack, hz: f32, e2ee: Option<(u64, [u8; 32])>) {
     for i in 0.. {
         tick.tick().await;
         let p = &packets[i % packets.len()];
+        if let Some(keys) = &e2ee_keys {
+            let k = keys.lock().unwrap_or_else(|e| e.into_inner());
+            if encryptor.as_ref().is_none_or(|(v, _)| *v != k.version) {
+                let enc = k.send.and_then(|(kid, key)| {
+                    Encryptor::new(CipherSuite::Aes128GcmSha256, kid, &key).ok()
+                });
+                encryptor = Some((k.version, enc));
+            }
+        }
         match &mut encryptor {
             None => {
                 let _ = track.write_rtp(seq, ts, false, p).await;
             }
-            Some(enc) => match e2ee::protect(enc, Codec::Opus, p) {
+            Some((_, None)) => {}
+            Some((_, Some(enc))) => match e2ee::protect(enc, Codec::Opus, p) {
                 Ok(sealed) => {
                     let _ = track.write_rtp(seq, ts, false, &sealed).await;
                 }

@@ -5,12 +5,13 @@
 //! contains the plaintext.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use stamma_client::e2ee::schedule;
+use stamma_client::e2ee::{self, Codec, schedule};
 use stamma_client::media::dominant_frequency;
 use stamma_client::media::opus_tone::{ToneDecoder, encode_tone};
+use stamma_client::sframe::{CipherSuite, Decryptor};
 use stamma_proto::{MediaKind, Role};
 use stamma_sfu::tap::MediaTap;
 use stamma_tests::{E2ee, Publish, TestParticipant, TestServer, wait_until};
@@ -34,7 +35,10 @@ async fn encrypted_audio_is_the_tone_only_for_key_holders_and_opaque_to_the_serv
     let wrong: [u8; 32] = rng.random();
     let kid = schedule::kid(1, 0);
     let listen = |read| Publish {
-        e2ee: Some(E2ee { send: None, read }),
+        e2ee: Some(E2ee {
+            read,
+            ..E2ee::default()
+        }),
         ..Publish::default()
     };
     let alice = TestParticipant::join(
@@ -46,7 +50,7 @@ async fn encrypted_audio_is_the_tone_only_for_key_holders_and_opaque_to_the_serv
             tone_hz: Some(TONE_HZ),
             e2ee: Some(E2ee {
                 send: Some((kid, key)),
-                read: None,
+                ..E2ee::default()
             }),
             ..Publish::default()
         },
@@ -201,5 +205,140 @@ async fn without_e2ee_the_tap_sees_the_tone_so_the_opacity_test_can_fail() -> an
     assert!(hears_tone(Some(dominant_frequency(
         &pcm, 100.0, 4000.0, 5.0
     ))));
+    Ok(())
+}
+
+fn decrypted(p: &TestParticipant, from: &str) -> (u64, u64) {
+    p.received_from(from, MediaKind::Audio)
+        .and_then(|t| p.with_received(&t, |r| (r.decrypted, r.decrypt_failures)))
+        .unwrap_or_default()
+}
+
+fn generation(p: &TestParticipant) -> Option<u8> {
+    p.e2ee_keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .generation
+}
+
+#[tokio::test]
+async fn keys_come_from_the_key_exchange_and_a_leaver_cannot_read_what_follows()
+-> anyhow::Result<()> {
+    let tap = Arc::new(MediaTap::new(20_000));
+    let srv = {
+        let tap = tap.clone();
+        TestServer::start_with(1, move |c| c.media.tap = Some(tap)).await?
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5ec2e7);
+    let secret: [u8; 32] = rng.random();
+    let member = |tone_hz, room_secret| Publish {
+        tone_hz,
+        e2ee: Some(E2ee {
+            room_secret: Some(room_secret),
+            ..E2ee::default()
+        }),
+        ..Publish::default()
+    };
+    let room = "council";
+    let alice = TestParticipant::join(
+        &srv.base,
+        room,
+        "alice",
+        Role::Speaker,
+        member(Some(TONE_HZ), secret),
+    )
+    .await?;
+    let bob =
+        TestParticipant::join(&srv.base, room, "bob", Role::Speaker, member(None, secret)).await?;
+    let mut carol = TestParticipant::join(
+        &srv.base,
+        room,
+        "carol",
+        Role::Speaker,
+        member(None, secret),
+    )
+    .await?;
+    // A valid token, but the link's secret is not hers: her public key does
+    // not verify, so nobody hands her a key.
+    let eve = TestParticipant::join(
+        &srv.base,
+        room,
+        "eve",
+        Role::Attendee,
+        member(None, rng.random()),
+    )
+    .await?;
+    for (name, p) in [("bob", &bob), ("carol", &carol)] {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("{name} hears alice"),
+            || hears_tone(p.heard_frequency(&alice.id)),
+        )
+        .await?;
+    }
+    wait_until(Duration::from_secs(10), "eve receives 50 packets", || {
+        decrypted(&eve, &alice.id).1 >= 50
+    })
+    .await?;
+    assert_eq!(decrypted(&eve, &alice.id).0, 0, "eve decrypts nothing");
+    assert_eq!(generation(&eve), None);
+    wait_until(Duration::from_secs(5), "one generation for all", || {
+        let g = generation(&alice);
+        g.is_some() && g == generation(&bob) && g == generation(&carol)
+    })
+    .await?;
+    let before = generation(&alice);
+
+    // Carol leaves with the keys she held.
+    let carol_keys = carol
+        .e2ee_keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .read
+        .clone();
+    let left_at = Instant::now();
+    carol.send(stamma_proto::ClientSignal::Leave);
+    carol.stop().await;
+    wait_until(Duration::from_secs(10), "alice and bob rotate", || {
+        let g = generation(&alice);
+        g != before && g == generation(&bob)
+    })
+    .await?;
+    let rotation = left_at.elapsed();
+    let bob_before = decrypted(&bob, &alice.id).0;
+    tap.take();
+    wait_until(
+        Duration::from_secs(10),
+        "50 packets after the rotation",
+        || decrypted(&bob, &alice.id).0 >= bob_before + 50,
+    )
+    .await?;
+    assert!(hears_tone(bob.heard_frequency(&alice.id)));
+    let after: Vec<Vec<u8>> = tap
+        .take()
+        .into_iter()
+        .filter(|p| p.room == room && p.kind == MediaKind::Audio)
+        .map(|p| p.payload)
+        .collect();
+    assert!(after.len() >= 50, "tapped {}", after.len());
+    let mut old = Decryptor::new();
+    for (kid, key) in &carol_keys {
+        old.add_key(CipherSuite::Aes128GcmSha256, *kid, key)?;
+    }
+    let opened = after
+        .iter()
+        .filter(|p| e2ee::unprotect(&mut old, Codec::Opus, p).is_ok())
+        .count();
+    assert_eq!(
+        opened, 0,
+        "the leaver's keys open media sent after the rotation"
+    );
+    println!(
+        "rotation after a leave: {} ms (participant_left to both remaining members on generation {:?}); the leaver's {} keys opened 0 of {} later packets",
+        rotation.as_millis(),
+        generation(&alice),
+        carol_keys.len(),
+        after.len()
+    );
     Ok(())
 }
