@@ -2,6 +2,8 @@
 //! Made by the admin API (`POST /api/v1/rooms/{room}/links`), by
 //! `stamma link create` and by `stamma dev`, so all three agree.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use stamma_proto::{Grant, Role};
 
 /// Where `stamma dev` (and a default `stamma serve`) listens, for links
@@ -41,6 +43,46 @@ pub fn link_grant(
     }
 }
 
+/// Length of an end-to-end encryption room secret, in bytes (docs/e2ee.md).
+pub const E2EE_SECRET_LEN: usize = 32;
+
+/// Why a room secret given for a link cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum E2eeSecretError {
+    #[error("the E2EE room secret must be unpadded base64url (or `new`)")]
+    NotBase64Url,
+    #[error("the E2EE room secret must be {E2EE_SECRET_LEN} bytes, not {0}")]
+    Length(usize),
+    #[error("no random bytes for a new E2EE room secret")]
+    Random,
+}
+
+/// The room secret `--e2ee-secret` names, as the link carries it: `new`
+/// draws 32 random bytes; anything else must already be 32 bytes of
+/// unpadded base64url (so every link of a meeting can share one secret).
+pub fn e2ee_secret(arg: &str) -> Result<String, E2eeSecretError> {
+    if arg == "new" {
+        let mut bytes = [0u8; E2EE_SECRET_LEN];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| E2eeSecretError::Random)?;
+        return Ok(URL_SAFE_NO_PAD.encode(bytes));
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(arg)
+        .map_err(|_| E2eeSecretError::NotBase64Url)?;
+    if bytes.len() != E2EE_SECRET_LEN {
+        return Err(E2eeSecretError::Length(bytes.len()));
+    }
+    Ok(arg.to_owned())
+}
+
+/// The join URL with the room secret in its fragment (`#e2ee=<secret>`):
+/// browsers never send a fragment to the server, so the secret reaches
+/// only the page. `secret` comes from [`e2ee_secret`] (base64url: nothing
+/// in it needs escaping).
+pub fn with_e2ee_secret(url: &str, secret: &str) -> String {
+    format!("{url}#e2ee={secret}")
+}
+
 /// Percent-encode everything but RFC 3986 unreserved characters.
 pub fn encode_path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -74,6 +116,31 @@ mod tests {
             join_url(DEFAULT_BASE_URL, "demo", "t"),
             "http://127.0.0.1:7880/r/demo?token=t"
         );
+    }
+
+    #[test]
+    fn e2ee_links_carry_the_room_secret_in_the_fragment() {
+        let a = e2ee_secret("new").unwrap_or_default();
+        let b = e2ee_secret("new").unwrap_or_default();
+        assert_eq!(a.len(), 43, "32 bytes of unpadded base64url: {a}");
+        assert_ne!(a, b, "each `new` secret is drawn afresh");
+        assert_eq!(e2ee_secret(&a).as_deref(), Ok(a.as_str()));
+        let url = with_e2ee_secret(&join_url("https://m.example", "demo", "a.b.c"), &a);
+        assert_eq!(
+            url,
+            format!("https://m.example/r/demo?token=a.b.c#e2ee={a}")
+        );
+        assert_eq!(e2ee_secret("c2hvcnQ"), Err(E2eeSecretError::Length(5)));
+        assert_eq!(
+            e2ee_secret(&format!("{a}=")),
+            Err(E2eeSecretError::NotBase64Url)
+        );
+        // Standard base64's alphabet is not base64url.
+        assert_eq!(
+            e2ee_secret(&format!("+{}", a.get(1..).unwrap_or_default())),
+            Err(E2eeSecretError::NotBase64Url)
+        );
+        assert_eq!(e2ee_secret(""), Err(E2eeSecretError::Length(0)));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use stamma::config::{LogConfig, LogFormat};
 use stamma::keys::ApiKeys;
-use stamma::links::{DEFAULT_BASE_URL, join_url, link_grant};
+use stamma::links::{DEFAULT_BASE_URL, e2ee_secret, join_url, link_grant, with_e2ee_secret};
 use stamma::{Server, ServerConfig};
 use stamma_proto::{Grant, Role};
 use tracing_subscriber::EnvFilter;
@@ -76,6 +76,11 @@ enum LinkCmd {
         /// Take the API key (its first) and http.public_url from this config file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// End-to-end encryption: put this room secret (32 bytes, unpadded
+        /// base64url) in the link's fragment, or `new` for a fresh one. Give
+        /// every link of the meeting the same secret.
+        #[arg(long, value_name = "SECRET|new")]
+        e2ee_secret: Option<String>,
     },
 }
 
@@ -187,6 +192,15 @@ async fn main() -> anyhow::Result<()> {
                 "Join as attendee: {}",
                 mint(link_grant(&key, &room, Role::Attendee, None, 24 * 3600))?
             );
+            // A shared host link with a fresh room secret: everyone who
+            // opens it is in one end-to-end encrypted meeting.
+            println!(
+                "Join with E2EE (host): {}",
+                with_e2ee_secret(
+                    &mint(link_grant(&key, &room, Role::Host, None, 24 * 3600))?,
+                    &e2ee_secret("new")?
+                )
+            );
             println!();
             server.run_until_signal().await
         }
@@ -228,17 +242,25 @@ async fn main() -> anyhow::Result<()> {
                     identity,
                     url,
                     config,
+                    e2ee_secret: room_secret,
                 },
         } => {
             let file = config.as_deref().map(read_cli_config).transpose()?;
             let (key, secret) = api_key(file.as_ref())?;
             let base = link_base(url, file.as_ref())?;
+            // Checked before signing, so a bad secret prints no link at all.
+            let room_secret = room_secret
+                .as_deref()
+                .map(e2ee_secret)
+                .transpose()
+                .context("--e2ee-secret")?;
             let mut g = link_grant(&key, &room, role, identity.as_deref(), ttl);
             g.name = name;
-            println!(
-                "{}",
-                join_url(&base, &room, &g.mint(&key, secret.as_bytes())?)
-            );
+            let url = join_url(&base, &room, &g.mint(&key, secret.as_bytes())?);
+            match room_secret {
+                Some(s) => println!("{}", with_e2ee_secret(&url, &s)),
+                None => println!("{url}"),
+            }
             Ok(())
         }
     }
