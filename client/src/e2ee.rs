@@ -115,6 +115,14 @@ pub mod labels {
 /// Length of the room secret, an epoch secret, and keys derived from them.
 pub const SECRET_LEN: usize = 32;
 
+/// A fresh random secret (a room secret, an epoch secret); `None` only if
+/// the system has no randomness to give.
+pub fn random_secret() -> Option<[u8; SECRET_LEN]> {
+    let mut s = [0u8; SECRET_LEN];
+    aws_lc_rs::rand::fill(&mut s).ok()?;
+    Some(s)
+}
+
 /// The key schedule's building blocks (the protocol that uses them, over
 /// signaling, is the next step; see `docs/e2ee.md`).
 pub mod schedule {

@@ -83,9 +83,7 @@ pub struct KeyExchange {
 }
 
 fn random_secret() -> Result<[u8; SECRET_LEN], Error> {
-    let mut s = [0u8; SECRET_LEN];
-    aws_lc_rs::rand::fill(&mut s).map_err(|_| Error::Random)?;
-    Ok(s)
+    crate::e2ee::random_secret().ok_or(Error::Random)
 }
 
 fn decode<const N: usize>(field: &str, s: &str) -> Result<[u8; N], Error> {

@@ -103,6 +103,12 @@ struct Args {
     /// Publish three simulcast layers (150/500/1500 kbit/s) instead of one 500 kbit/s layer.
     #[arg(long)]
     simulcast: bool,
+    /// Encrypt every frame end to end (SFrame, AES-128-GCM, the clear prefix
+    /// of docs/e2ee.md) and decrypt it at every receiver; reports
+    /// decrypt_failures. Keys come from one random secret per run (the key
+    /// exchange itself is not exercised here).
+    #[arg(long)]
+    e2ee: bool,
     /// How long to measure after everyone joined: 30s, 2m, 500ms.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -190,6 +196,7 @@ impl Args {
             sc.subscribe = v;
         }
         sc.simulcast |= self.simulcast;
+        sc.e2ee |= self.e2ee;
         if let Some(v) = self.duration {
             sc.duration = v;
         }
@@ -328,6 +335,14 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
             .map(|_| Default::default())
             .collect::<Vec<[(AtomicU64, AtomicU64); 2]>>(),
         joined: AtomicUsize::new(0),
+        e2ee_secret: if sc.e2ee {
+            Some(
+                stamma_client::e2ee::random_secret()
+                    .context("no randomness for the E2EE secret")?,
+            )
+        } else {
+            None
+        },
     });
     let progress = !args.quiet;
     if progress {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use stamma_client::e2ee::{Codec as E2eeCodec, protect, unprotect};
 use stamma_client::media::{SyntheticVp8, VideoLayer};
+use stamma_client::sframe::{CipherSuite, Decryptor, Encryptor};
 use stamma_client::stamp::FrameStamp;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
@@ -52,6 +54,47 @@ pub struct Shared {
     pub activity: Vec<[(AtomicU64, AtomicU64); 2]>,
     /// Peers whose media connection is up.
     pub joined: AtomicUsize,
+    /// With `--e2ee`: the secret every sender's SFrame key derives from.
+    pub e2ee_secret: Option<[u8; 32]>,
+}
+
+/// The SFrame key id of a sender's audio (`video = false`) or video: the
+/// simulcast layers of one camera share a key and its counter.
+fn e2ee_kid(sender: u32, video: bool) -> u64 {
+    (u64::from(sender) << 1) | u64::from(video)
+}
+
+fn e2ee_key(secret: &[u8; 32], sender: u32) -> Option<[u8; 32]> {
+    stamma_client::e2ee::schedule::sender_base_key(secret, &format!("loadtest-{sender}")).ok()
+}
+
+/// A peer's SFrame state: its two encryptors and every sender's keys.
+struct PeerE2ee {
+    audio: Encryptor,
+    video: Encryptor,
+    decryptor: Decryptor,
+    /// Where a frame is unprotected into (reused).
+    plain: Vec<u8>,
+}
+
+impl PeerE2ee {
+    fn new(secret: &[u8; 32], me: u32, senders: u32) -> Option<PeerE2ee> {
+        let suite = CipherSuite::Aes128GcmSha256;
+        let mine = e2ee_key(secret, me)?;
+        let mut decryptor = Decryptor::new();
+        for s in 0..senders {
+            let key = e2ee_key(secret, s)?;
+            for video in [false, true] {
+                decryptor.add_key(suite, e2ee_kid(s, video), &key).ok()?;
+            }
+        }
+        Some(PeerE2ee {
+            audio: Encryptor::new(suite, e2ee_kid(me, false), &mine).ok()?,
+            video: Encryptor::new(suite, e2ee_kid(me, true), &mine).ok()?,
+            decryptor,
+            plain: Vec::new(),
+        })
+    }
 }
 
 impl Shared {
@@ -385,6 +428,7 @@ struct Peer {
     rtp_delivered: u64,
     downlink: Option<Downlink>,
     frame_buf: Vec<u8>,
+    e2ee: Option<PeerE2ee>,
     counts_join: bool,
     /// When str0m wants its next timeout.
     wake: Instant,
@@ -418,6 +462,10 @@ pub async fn spawn(
         .scenario
         .downlink_kbps
         .map(|k| Downlink::new(k, shared.scenario.downlink_queue));
+    let e2ee = shared
+        .e2ee_secret
+        .as_ref()
+        .and_then(|s| PeerE2ee::new(s, plan.index, shared.scenario.total_participants() as u32));
     let peer = Peer {
         shared,
         plan,
@@ -444,6 +492,7 @@ pub async fn spawn(
         rtp_delivered: 0,
         downlink,
         frame_buf: Vec::with_capacity(64 * 1024),
+        e2ee,
         counts_join,
         wake: now,
         wrote_media: false,
@@ -614,14 +663,36 @@ impl Peer {
     }
 
     fn media(&mut self, now: Instant, d: MediaData) {
-        let Some(stamp) = FrameStamp::read(&d.data) else {
-            return;
-        };
         let video = *self.mid_video.entry(d.mid).or_insert_with(|| {
             self.rtc
                 .media(d.mid)
                 .is_some_and(|m| m.kind() == MediaKind::Video)
         });
+        // With E2EE the stamp is inside the ciphertext: decrypt first.
+        let frame: &[u8] = match &mut self.e2ee {
+            None => &d.data,
+            Some(e) => {
+                let codec = if video {
+                    E2eeCodec::Vp8
+                } else {
+                    E2eeCodec::Opus
+                };
+                match unprotect(&mut e.decryptor, codec, &d.data) {
+                    Ok(plain) => {
+                        e.plain = plain;
+                        &e.plain
+                    }
+                    Err(_) => {
+                        self.delta.decrypt_failures += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(stamp) = FrameStamp::read(frame) else {
+            return;
+        };
+        let len = frame.len();
         self.first_media_at.get_or_insert(now);
         let key = TrackKey {
             sender: stamp.sender,
@@ -634,7 +705,7 @@ impl Peer {
             .push(latency.min(u64::from(u32::MAX)) as u32);
         let t = self.rx.entry(key).or_default();
         let seqs = (**d.seq_range.start(), **d.seq_range.end());
-        let first = t.frame(now, &stamp, d.data.len(), seqs, video, &mut self.delta);
+        let first = t.frame(now, &stamp, len, seqs, video, &mut self.delta);
         if first && video {
             let since = t.offered_at.unwrap_or(self.started);
             self.first_frame_ms
@@ -896,8 +967,19 @@ impl Peer {
             };
             let level = if speaking { -30 } else { -127 };
             let rtp = MediaTime::new(frame * 960, Frequency::FORTY_EIGHT_KHZ);
+            let sealed;
+            let data = match &mut self.e2ee {
+                None => self.frame_buf.as_slice(),
+                Some(e) => match protect(&mut e.audio, E2eeCodec::Opus, &self.frame_buf) {
+                    Ok(s) => {
+                        sealed = s;
+                        sealed.as_slice()
+                    }
+                    Err(_) => continue,
+                },
+            };
             if w.audio_level(level, speaking)
-                .write(pt, now, rtp, self.frame_buf.as_slice())
+                .write(pt, now, rtp, data)
                 .is_ok()
             {
                 shared.note_sent(key, sent_us);
@@ -957,7 +1039,18 @@ impl Peer {
                     w = w.rid(rid);
                 }
                 let rtp = MediaTime::new(tick * 3000, Frequency::NINETY_KHZ);
-                if w.write(pt, now, rtp, self.frame_buf.as_slice()).is_ok() {
+                let sealed;
+                let data = match &mut self.e2ee {
+                    None => self.frame_buf.as_slice(),
+                    Some(e) => match protect(&mut e.video, E2eeCodec::Vp8, &self.frame_buf) {
+                        Ok(s) => {
+                            sealed = s;
+                            sealed.as_slice()
+                        }
+                        Err(_) => continue,
+                    },
+                };
+                if w.write(pt, now, rtp, data).is_ok() {
                     shared.note_sent(
                         TrackKey {
                             sender: self.plan.index,

@@ -149,6 +149,9 @@ pub struct Report {
     pub bad_layer_switches: u64,
     /// Frames that arrived with another length than they were sent: must be 0.
     pub corrupt_frames: u64,
+    /// Frames that did not decrypt: must be 0 (`--e2ee` runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decrypt_failures: Option<u64>,
     /// Received video frames on another simulcast layer than the frame
     /// before (with or without a keyframe).
     pub layer_switches: u64,
@@ -318,6 +321,9 @@ impl Report {
                 tracks_expected - tracks_received
             ));
         }
+        if total.decrypt_failures > 0 {
+            violations.push(format!("{} frames did not decrypt", total.decrypt_failures));
+        }
         if total.corrupt_frames > 0 {
             violations.push(format!(
                 "{} frames arrived corrupt (not as sent)",
@@ -370,6 +376,7 @@ impl Report {
             freezes: total.freezes,
             bad_layer_switches: total.bad_switches,
             corrupt_frames: total.corrupt_frames,
+            decrypt_failures: sc.e2ee.then_some(total.decrypt_failures),
             layer_switches: total.layer_switches,
             layer_share_pct: (sc.simulcast && layer_time > 0).then(|| LayerShare {
                 q: layer_pct(0),
@@ -477,6 +484,13 @@ impl Report {
                     self.corrupt_frames,
                     self.resumes_without_keyframe
                 ),
+            ),
+            (
+                "end-to-end encryption",
+                match self.decrypt_failures {
+                    Some(n) => format!("SFrame on every frame, {n} decrypt failures"),
+                    None => "off".into(),
+                },
             ),
             (
                 "video paused by the server",

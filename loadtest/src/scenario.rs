@@ -77,6 +77,8 @@ pub struct Scenario {
     /// How often a grid page moves on (when watching a page of videos).
     pub grid_shift: Duration,
     pub simulcast: bool,
+    /// Every frame end-to-end encrypted (SFrame), as E2EE clients send them.
+    pub e2ee: bool,
     pub duration: Duration,
     /// Joins per second.
     pub ramp: f64,
@@ -101,6 +103,7 @@ impl Scenario {
             subscribe: Subscribe::All,
             grid_shift: Duration::from_secs(10),
             simulcast: false,
+            e2ee: false,
             duration: Duration::from_secs(30),
             ramp: 10.0,
             downlink_kbps: None,

@@ -25,6 +25,8 @@ pub struct Delta {
     /// Frames whose length differs from what the sender sent (mixed up or
     /// cut short on the way).
     pub corrupt_frames: u64,
+    /// Frames that did not decrypt (`--e2ee`).
+    pub decrypt_failures: u64,
     /// UDP bytes received, all of them (media, RTCP, STUN).
     pub bytes: u64,
     /// Datagrams the emulated bottleneck dropped.
@@ -91,6 +93,7 @@ impl Delta {
         self.freezes += d.freezes;
         self.bad_switches += d.bad_switches;
         self.corrupt_frames += d.corrupt_frames;
+        self.decrypt_failures += d.decrypt_failures;
         self.bytes += d.bytes;
         self.shaper_drops += d.shaper_drops;
         self.layer_switches += d.layer_switches;

@@ -94,6 +94,32 @@ fn six_participants_for_five_seconds_give_a_sane_clean_report() {
 }
 
 #[test]
+fn with_e2ee_every_frame_is_encrypted_and_decrypts_with_simulcast_switches() {
+    let dir = tempdir("e2ee");
+    let (code, r, stdout) = run(
+        &dir,
+        "e2ee",
+        &[
+            "--participants",
+            "4",
+            "--duration",
+            "4s",
+            "--ramp",
+            "20",
+            "--simulcast",
+            "--e2ee",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{r:#}");
+    assert_eq!(r["decrypt_failures"], 0, "{r:#}");
+    assert_eq!(f(&r, &["corrupt_frames"]), 0.0);
+    // Layer switches still land on keyframes, read from the clear prefix.
+    assert_eq!(f(&r, &["bad_layer_switches"]), 0.0);
+    assert!(f(&r, &["tracks_received"]) >= 20.0, "{r:#}");
+    assert!(stdout.contains("0 decrypt failures"), "{stdout}");
+}
+
+#[test]
 fn a_choked_downlink_breaks_the_bounds_and_exits_1() {
     let dir = tempdir("choked");
     // Each subscriber receives two 500 kbit/s videos through 300 kbit/s:
