@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rtc", get(rtc))
         .route("/r/{room}", get(room_page))
         .route("/assets/{file}", get(asset))
+        .route("/assets/e2ee/{file}", get(e2ee_asset))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .merge(crate::api::router())
         .with_state(state)
@@ -165,7 +166,17 @@ async fn room_page(Path(room): Path<String>) -> Response {
 /// lifetime: the files have no content hash in their names, and a browser
 /// must not run an old script against a new server.
 async fn asset(Path(file): Path<String>) -> Response {
-    match web::asset(&file) {
+    serve_asset(&file)
+}
+
+/// The end-to-end encryption modules, which import one another by relative
+/// path. `{file}` is one path segment, so nothing outside the table is reachable.
+async fn e2ee_asset(Path(file): Path<String>) -> Response {
+    serve_asset(&format!("e2ee/{file}"))
+}
+
+fn serve_asset(name: &str) -> Response {
+    match web::asset(name) {
         Some(a) => (
             [
                 (header::CONTENT_TYPE, a.content_type),

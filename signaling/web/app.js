@@ -3,6 +3,7 @@
 // participants, host moderation) with reconnection after a network drop.
 // No build step and no dependencies: the binary serves these files as they are.
 import { Connection, FATAL_CODES } from "./connection.js";
+import { E2ee, parseFragment, pickTransform } from "./e2ee/session.js";
 import { lang, t } from "./i18n.js";
 
 // ---- small helpers -------------------------------------------------------
@@ -33,6 +34,8 @@ const SVG = {
   people: '<circle cx="9" cy="8" r="3.5"/><path d="M2 20a7 7 0 0 1 14 0M16 4.5a3.5 3.5 0 0 1 0 7M18 14a6 6 0 0 1 4 6"/>',
   leave: '<path d="M10 4H5a1 1 0 0 0-1 1v14a1 1 0 0 0 1 1h5M15 8l4 4-4 4M19 12H9"/>',
   pin: '<path d="M9 3h6l-1 6 4 4H6l4-4zM12 13v8"/>',
+  lock: '<rect x="4" y="11" width="16" height="10" rx="2"/><path d="M8 11V7a4 4 0 0 1 8 0v4"/>',
+  unlock: '<rect x="4" y="11" width="16" height="10" rx="2"/><path d="M8 11V7a4 4 0 0 1 7.5-2"/>',
 };
 const icon = (name) => `<svg viewBox="0 0 24 24">${SVG[name]}</svg>`;
 
@@ -57,6 +60,9 @@ const timeFormat = new Intl.DateTimeFormat(lang === "sv" ? "sv-SE" : "en-GB", { 
 // ---- state -----------------------------------------------------------------
 
 const params = new URLSearchParams(location.search);
+// The room secret of an end-to-end encrypted meeting rides in the URL
+// fragment, which the browser never sends to the server.
+const link = parseFragment(location.hash);
 const S = {
   token: params.get("token") || "",
   room: decodeURIComponent(location.pathname.split("/").pop() || ""),
@@ -82,6 +88,12 @@ const S = {
   unread: 0,
   lastStats: null,
   quality: null,
+  // End-to-end encryption: on when the link has a room secret.
+  e2ee: null, // the current connection's E2ee (e2ee/session.js)
+  e2eeMode: link.secret ? pickTransform(link.transform) : null,
+  e2eeTotals: { decryptFailures: 0, encrypted: 0, decrypted: 0, droppedNoKey: 0 }, // of earlier connections
+  e2eeBlocked: false, // the room requires E2EE and this link has no secret: we send nothing
+  chatQueue: Promise.resolve(),
 };
 S.claims = claimsOf(S.token);
 
@@ -241,10 +253,28 @@ function enterMeeting() {
 }
 
 function connect() {
+  if (S.e2ee) {
+    // Counters survive a reconnect; the keys do not (we rejoin as a newcomer).
+    const old = S.e2ee.info;
+    for (const k of Object.keys(S.e2eeTotals)) S.e2eeTotals[k] += old[k] || 0;
+    S.e2ee.close();
+    S.e2ee = null;
+  }
+  let e2ee = null;
+  if (link.secret) {
+    e2ee = new E2ee({
+      secret: link.secret,
+      mode: S.e2eeMode,
+      send: (m) => conn.send(m),
+      onChange: () => { if (S.e2ee === e2ee) renderE2ee(); },
+    });
+    S.e2ee = e2ee;
+  }
   const conn = new Connection({
     token: S.reconnectToken || S.token,
     room: S.room,
     name: S.name,
+    e2ee,
     handlers: {
       onSignal: (m) => { if (S.conn === conn) onSignal(m); },
       onTrack: (track, info) => { if (S.conn === conn) onRemoteTrack(track, info); },
@@ -339,6 +369,7 @@ function end(message) {
   $("ended-message").textContent = message;
   setStatus(message, true);
   $("quality").hidden = true;
+  renderE2ee();
   $("rejoin").focus();
 }
 
@@ -357,11 +388,13 @@ function onSignal(m) {
   switch (m.type) {
     case "joined": return onJoined(m);
     case "participant_joined": {
+      if (S.e2ee) S.e2ee.participantJoined(m.participant);
       const p = addPerson(m.participant);
       announce(t("joinedAnnounce", { name: displayName(p) }));
       return render();
     }
     case "participant_left": {
+      if (S.e2ee) S.e2ee.participantLeft(m.participant_id);
       const p = S.people.get(m.participant_id);
       S.people.delete(m.participant_id);
       for (const [tid, md] of S.media) if (md.info.participant_id === m.participant_id) dropMedia(tid);
@@ -403,6 +436,7 @@ function onSignal(m) {
       return render();
     }
     case "chat": return onChat(m);
+    case "e2ee": return S.e2ee && typeof m.from === "string" && typeof m.payload === "string" && S.e2ee.signal(m.from, m.payload);
     case "role_changed": return onRoleChanged(m);
     case "publish_layers": return S.conn && S.conn.setLayers(m.mid, m.layers);
     case "server_draining": return setStatus(t("statusDraining"), true);
@@ -437,7 +471,10 @@ function onJoined(m) {
   document.body.dataset.phase = "connected";
   S.me = m.participant;
   S.role = m.participant.role;
-  S.canPublish = S.role !== "attendee" && tokenMayPublish();
+  // A room that requires end-to-end encryption gets no media in clear from us.
+  S.e2eeBlocked = !!m.e2ee_required && !link.secret;
+  S.canPublish = S.role !== "attendee" && tokenMayPublish() && !S.e2eeBlocked;
+  if (S.e2ee) S.e2ee.joined(m);
   if (m.reconnect_token) S.reconnectToken = m.reconnect_token;
   S.conn.setIceServers(m.ice_servers);
   S.people.clear();
@@ -445,6 +482,13 @@ function onJoined(m) {
   for (const p of m.participants) addPerson(p);
   setStatus(wasReconnecting ? t("statusReconnected") : t("statusConnected"));
   if (wasReconnecting) announce(t("statusReconnected"));
+  if (S.e2eeBlocked) {
+    stopLocal();
+    $("meeting-note").textContent = t("e2eeRequired");
+    $("meeting-note").hidden = false;
+    setStatus(t("e2eeRequiredShort"), true);
+  }
+  renderE2ee();
   publishLocal();
   if (S.hand) S.conn.send({ type: "hand", raised: true });
   render();
@@ -496,7 +540,7 @@ function onRoleChanged(m) {
   if (S.me && m.participant_id === S.me.id) {
     S.role = m.role;
     const could = S.canPublish;
-    S.canPublish = m.can_publish;
+    S.canPublish = m.can_publish && !S.e2eeBlocked;
     if (could && !m.can_publish) {
       // The server already unpublished our tracks; stop capturing.
       for (const pub of Object.values(S.pubs)) if (pub) pub.transceiver.sender.replaceTrack(null).catch(() => {});
@@ -516,11 +560,21 @@ function onRoleChanged(m) {
 // ---- chat ------------------------------------------------------------------
 
 function onChat(m) {
+  const e2ee = S.e2ee;
+  if (!e2ee) return showChat(m, m.text, false);
+  // Decrypted in the order received, so messages keep their order.
+  S.chatQueue = S.chatQueue.then(async () => {
+    const text = await e2ee.decryptChat(String(m.text || ""));
+    showChat(m, text === null ? t("chatEncrypted") : text, text === null);
+  });
+}
+
+function showChat(m, text, undecryptable) {
   const p = S.people.get(m.participant_id);
   const when = new Date(m.ts_ms || Date.now());
   const li = el("li", {},
     el("p", { class: "meta" }, el("strong", { text: displayName(p) }), " ", el("time", { datetime: when.toISOString(), text: timeFormat.format(when) })),
-    el("p", { class: "text", text: m.text }));
+    el("p", { class: `text${undecryptable ? " undecryptable" : ""}`, text }));
   $("chat-log").append(li);
   $("chat-empty").hidden = true;
   li.scrollIntoView({ block: "nearest" });
@@ -531,13 +585,27 @@ function onChat(m) {
   }
 }
 
-function sendChat(e) {
+/** Longest chat text the server relays, in characters (docs/protocol.md `chat`). */
+const MAX_CHAT_CHARS = 2000;
+
+async function sendChat(e) {
   e.preventDefault();
   const input = $("chat-input");
   const text = input.value.trim();
-  if (!text || !S.conn) return;
-  S.conn.send({ type: "chat", text });
-  input.value = "";
+  const conn = S.conn;
+  if (!text || !conn) return;
+  if (!S.e2ee) {
+    conn.send({ type: "chat", text });
+    input.value = "";
+    return;
+  }
+  // End-to-end encrypted: the server relays ciphertext, never the text.
+  const sealed = await S.e2ee.encryptChat(text);
+  if (sealed === null) return setStatus(t("chatNoKey"), true);
+  if (sealed.length > MAX_CHAT_CHARS) return setStatus(t("chatTooLong"), true);
+  if (S.conn !== conn) return;
+  conn.send({ type: "chat", text: sealed });
+  if (input.value.trim() === text) input.value = "";
 }
 
 // ---- local media controls ------------------------------------------------------
@@ -952,6 +1020,33 @@ async function measureQuality() {
   e.textContent = t("quality", { q: t(q === "good" ? "qualityGood" : q === "fair" ? "qualityFair" : "qualityPoor") });
 }
 
+// ---- end-to-end encryption ---------------------------------------------------------
+
+function e2eeInfo() {
+  if (!S.e2ee) return { enabled: !!link.secret, blocked: S.e2eeBlocked, transform: S.e2eeMode, ...S.e2eeTotals };
+  const info = S.e2ee.info;
+  for (const k of Object.keys(S.e2eeTotals)) info[k] = (info[k] || 0) + S.e2eeTotals[k];
+  return info;
+}
+
+/** The padlock and safety code in the header: shown only while we hold the room's current key. */
+function renderE2ee() {
+  const box = $("e2ee");
+  const info = S.e2ee && S.e2ee.info;
+  if (!info || S.phase === "ended") {
+    box.hidden = true;
+    return;
+  }
+  const on = info.holdsKey;
+  box.hidden = false;
+  box.dataset.state = on ? "on" : "waiting";
+  box.querySelector(".icon").innerHTML = icon(on ? "lock" : "unlock");
+  $("e2ee-label").textContent = t(on ? "e2eeOn" : "e2eeWaiting");
+  $("e2ee-code").hidden = !on;
+  $("e2ee-code").textContent = on ? t("safetyCode", { code: info.safetyCode }) : "";
+  box.title = on ? t("safetyCodeHelp") : "";
+}
+
 // ---- start -------------------------------------------------------------------------
 
 function wireControls() {
@@ -978,6 +1073,8 @@ window.stamma = {
   get phase() { return S.phase; },
   get me() { return S.me; },
   get quality() { return S.quality; },
+  /** End-to-end encryption: on (with generation, safety code, counters) or off. decryptFailures: incoming frames dropped. */
+  get e2ee() { return e2eeInfo(); },
   tiles: () => [...S.tiles.values()].map((tl) => ({ key: tl.key, remote: !tl.key.startsWith("p:" + (S.me && S.me.id)), trackId: tl.trackId })),
   drop: () => dropAndReconnect("simulated network drop"),
   debug: () => ({
@@ -996,6 +1093,11 @@ wireControls();
 render();
 if (!S.token) {
   end(t("tokenMissing"));
+} else if (link.error) {
+  // A damaged key must not turn into a meeting without encryption.
+  end(t("e2eeBadLink"));
+} else if (link.secret && !S.e2eeMode) {
+  end(t("e2eeUnsupported"));
 } else {
   showPrejoin();
 }

@@ -18,16 +18,22 @@ const CAMERA_LAYERS = [
 
 export class Connection {
   /**
-   * @param {{token: string, room: string, name: string, handlers: object}} opts
+   * @param {{token: string, room: string, name: string, handlers: object, e2ee?: object}} opts
    * handlers: onSignal(m), onTrack(track, info, transceiver), onClose({code, reason,
-   * error, opened}), onMediaState(state)
+   * error, opened}), onMediaState(state). `e2ee` (e2ee/session.js), when the
+   * link carries a room secret: every sender and receiver gets its transform.
    */
-  constructor({ token, room, name, handlers }) {
+  constructor({ token, room, name, handlers, e2ee = null }) {
     this.token = token;
     this.room = room;
     this.name = name;
     this.h = handlers;
-    this.pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle" });
+    this.e2ee = e2ee;
+    const config = { iceServers: [], bundlePolicy: "max-bundle" };
+    // Chromium's older encoded-streams API must be switched on for the whole
+    // connection; RTCRtpScriptTransform needs no flag.
+    if (e2ee && e2ee.mode === "streams") config.encodedInsertableStreams = true;
+    this.pc = new RTCPeerConnection(config);
     this.midToTrack = new Map(); // mid -> SubscribedTrack
     this.published = new Map(); // mid -> {transceiver, kind, source, trackId, muted}
     this.lastError = null;
@@ -37,6 +43,9 @@ export class Connection {
     this.localOffers = 0; // offers we made: a server offer from before one is stale
     this.offering = false;
     this.pc.ontrack = (e) => {
+      // Here and now, before any frame: the older API refuses streams later,
+      // and a receiver without its transform would hand ciphertext to the decoder.
+      if (this.e2ee) this.e2ee.attachReceiver(e.receiver, e.track.kind);
       const info = this.midToTrack.get(e.transceiver.mid);
       if (info) this.h.onTrack(e.track, info, e.transceiver);
     };
@@ -97,6 +106,7 @@ export class Connection {
     clearInterval(this.pingTimer);
     try { this.ws && this.ws.close(1000); } catch { /* already closed */ }
     this.pc.close();
+    if (this.e2ee) this.e2ee.close();
   }
 
   finish(code, reason) {
@@ -104,6 +114,7 @@ export class Connection {
     this.finished = true;
     clearInterval(this.pingTimer);
     this.pc.close();
+    if (this.e2ee) this.e2ee.close();
     // A fatal error is the server's last word before it closes; an older
     // error was answered and the session went on.
     const error = this.lastError && Date.now() - this.lastError.at < 3000 ? this.lastError : null;
@@ -111,7 +122,10 @@ export class Connection {
   }
 
   setIceServers(servers) {
-    if (servers && servers.length) this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers: servers });
+    if (!servers || !servers.length) return;
+    const config = { ...this.pc.getConfiguration(), iceServers: servers };
+    if (this.e2ee && this.e2ee.mode === "streams") config.encodedInsertableStreams = true;
+    this.pc.setConfiguration(config);
   }
 
   // Every step that touches the signaling state runs in order, one at a time:
@@ -211,6 +225,8 @@ export class Connection {
       const settings = track.getSettings ? track.getSettings() : {};
       if (source === "camera") init.sendEncodings = CAMERA_LAYERS.map((l) => ({ ...l }));
       const transceiver = this.pc.addTransceiver(track, init);
+      // Before the offer, so no frame leaves unencrypted.
+      if (this.e2ee) this.e2ee.attachSender(transceiver.sender, track.kind);
       if (source === "camera" || source === "screen_share") {
         // Text and slides stay sharp on a screen share; faces move on a camera.
         try { track.contentHint = source === "screen_share" ? "detail" : "motion"; } catch { /* optional */ }

@@ -83,6 +83,17 @@ const en = {
   errPublish: "You are not allowed to send audio or video in this meeting.",
   errFull: "The meeting is full.",
   errScreen: "Screen sharing failed: {error}",
+  e2eeOn: "End-to-end encrypted",
+  e2eeWaiting: "Waiting for the encryption key…",
+  safetyCode: "Safety code {code}",
+  safetyCodeHelp: "Compare this safety code with the others in the meeting. If everyone sees the same code, only you hold the key: the server cannot see, hear or read the meeting.",
+  e2eeRequired: "This meeting is end-to-end encrypted, but your link has no key. Your camera and microphone stay off, and you cannot see or hear the others. Ask the organiser for the full link.",
+  e2eeRequiredShort: "Encrypted meeting: your link has no key",
+  e2eeBadLink: "The encryption key in this link is damaged. Ask the organiser for a new link.",
+  e2eeUnsupported: "This browser cannot encrypt video end to end. Use a current version of Chrome, Chromium, Edge, Firefox or Safari.",
+  chatEncrypted: "(encrypted message)",
+  chatNoKey: "The chat opens when the encryption key has arrived.",
+  chatTooLong: "The message is too long to send encrypted.",
 };
 
 const sv = {
@@ -166,6 +177,17 @@ const sv = {
   errPublish: "Du får inte skicka ljud eller bild i det här mötet.",
   errFull: "Mötet är fullt.",
   errScreen: "Skärmdelningen misslyckades: {error}",
+  e2eeOn: "Totalsträckskrypterat",
+  e2eeWaiting: "Väntar på krypteringsnyckeln…",
+  safetyCode: "Säkerhetskod {code}",
+  safetyCodeHelp: "Jämför säkerhetskoden med de andras i mötet. Ser alla samma kod har bara ni nyckeln: servern kan inte se, höra eller läsa mötet.",
+  e2eeRequired: "Mötet är totalsträckskrypterat, men din länk saknar nyckel. Din kamera och mikrofon förblir avstängda, och du kan inte se eller höra de andra. Be arrangören om hela länken.",
+  e2eeRequiredShort: "Krypterat möte: din länk saknar nyckel",
+  e2eeBadLink: "Krypteringsnyckeln i länken är skadad. Be arrangören om en ny länk.",
+  e2eeUnsupported: "Den här webbläsaren kan inte totalsträckskryptera video. Använd en aktuell version av Chrome, Chromium, Edge, Firefox eller Safari.",
+  chatEncrypted: "(krypterat meddelande)",
+  chatNoKey: "Chatten öppnas när krypteringsnyckeln har kommit.",
+  chatTooLong: "Meddelandet är för långt för att skickas krypterat.",
 };
 
 const tables = { en, sv };

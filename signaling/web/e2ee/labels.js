@@ -6,3 +6,6 @@ export const PUBLIC_KEY_MAC = "stamma e2ee pk";
 export const SENDER = "stamma e2ee sender ";
 export const RATCHET = "stamma e2ee ratchet";
 export const EPOCH = "stamma e2ee epoch";
+// HKDF info: epoch secret → the safety code members compare (5 bytes, shown
+// as 12 digits: the big-endian value mod 10^12, in groups of four).
+export const SAFETY_CODE = "stamma e2ee safety code";
