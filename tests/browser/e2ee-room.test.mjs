@@ -1,0 +1,440 @@
+// End-to-end encryption in the meeting page, in Debian's Chromium driven by
+// playwright-core, against a real `stamma dev` server. Links made with
+// `stamma link create --e2ee-secret` carry the room secret in the URL
+// fragment, which the browser never sends to the server:
+//  a. two pages with the secret decode each other's video and audio; both
+//     show the padlock and the same safety code
+//  b. a page whose link lacks the secret receives the packets but decodes no
+//     frame of the others and shows no padlock; it sends clear media, which
+//     the others fail to decrypt and drop (counted in decryptFailures)
+//  c. a third page with the secret (on the other transform API) joins, gets
+//     the ratcheted key and decodes; when it closes, the other two move to a
+//     fresh generation (new safety code) and still decode; the rotation time
+//     is measured from participant_left to both on the new generation
+//  d. chat between the pages with the secret arrives decrypted, and what the
+//     server relays (the WebSocket frames) is not the text
+// Also: a screenshot with the padlock and an axe-core scan of the page.
+//
+// usage: node e2ee-room.test.mjs path/to/stamma
+// Runs inside its own network namespace with only loopback when it can.
+import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+
+const STEP_TIMEOUT_MS = 30_000;
+const [stamma] = process.argv.slice(2);
+if (!stamma) {
+  console.error("usage: node e2ee-room.test.mjs path/to/stamma");
+  process.exit(2);
+}
+
+// Re-run ourselves in a fresh network namespace (only `lo`) if we may.
+if (!process.env.STAMMA_IN_NETNS) {
+  const probe = spawnSync("unshare", ["-rn", "true"]);
+  if (probe.status === 0) {
+    const r = spawnSync(
+      "unshare",
+      ["-rn", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', process.execPath, ...process.argv.slice(1)],
+      { stdio: "inherit", env: { ...process.env, STAMMA_IN_NETNS: "1" } },
+    );
+    process.exit(r.status ?? 1);
+  }
+  console.warn("unshare -rn is not available; running in the host network namespace (loopback only)");
+}
+
+const require = createRequire(import.meta.url);
+const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const OUT = new URL("../../test-output/", import.meta.url);
+mkdirSync(OUT, { recursive: true });
+
+const ROOM = "sekretess";
+const serverLog = [];
+const children = [];
+let failed = false;
+
+function fail(msg) {
+  throw new Error(msg);
+}
+
+function step(name) {
+  console.log(`--- ${name}`);
+}
+
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const child = spawn(stamma, ["dev", "--http", "127.0.0.1:0", "--media-port", "0", "--room", ROOM], {
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    children.push(child);
+    const found = {};
+    const timer = setTimeout(() => reject(new Error("stamma dev printed no join links")), STEP_TIMEOUT_MS);
+    child.on("exit", (code) => reject(new Error(`stamma dev exited with ${code}`)));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      serverLog.push(line);
+      if (serverLog.length > 400) serverLog.shift();
+      let m = line.match(/^Join as (host):\s+(\S+)$/);
+      if (m) found[m[1]] = m[2];
+      m = line.match(/^Join with E2EE \(host\):\s+(\S+)$/);
+      if (m) found.e2eeHost = m[1];
+      m = line.match(/^\s+API (key|secret):\s+(\S+)/);
+      if (m) found[m[1]] = m[2];
+      if (found.host && found.e2eeHost && found.key && found.secret) {
+        clearTimeout(timer);
+        resolve({ child, ...found });
+      }
+    });
+  });
+}
+
+/** A join URL made with `stamma link create`, the way an organiser makes one. */
+function linkCreate(srv, args) {
+  const base = new URL(srv.host).origin;
+  const r = spawnSync(stamma, ["link", "create", "--room", ROOM, "--url", base, ...args], {
+    env: { ...process.env, STAMMA_API_KEY: srv.key, STAMMA_API_SECRET: srv.secret },
+    encoding: "utf8",
+  });
+  if (r.status !== 0) fail(`stamma link create failed: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+async function waitFor(page, what, fn, arg, timeout = STEP_TIMEOUT_MS) {
+  const t0 = Date.now();
+  try {
+    await page.waitForFunction(fn, arg, { timeout, polling: 100 });
+  } catch (e) {
+    const status = await page.textContent("#status").catch(() => "?");
+    const state = await page.evaluate(() => window.stamma && { ...window.stamma.debug(), e2ee: window.stamma.e2ee }).catch(() => null);
+    console.error(`${page.label} state: ${JSON.stringify(state, (k, v) => (typeof v === "bigint" ? String(v) : v), 1)}`);
+    console.error(`--- last server log lines ---\n${serverLog.join("\n")}\n---`);
+    fail(`${page.label}: ${what}: not reached in ${timeout} ms (page status: ${status}) ${e.message.split("\n")[0]}`);
+  }
+  return Date.now() - t0;
+}
+
+/** What a page receives from one participant: packets, video frames received and decoded, audio samples and energy. */
+const fromParticipant = (page, pid) => page.evaluate(async (pid) => {
+  const pc = window.stamma.pc;
+  const out = { packets: 0, frames: 0, decoded: 0, samples: 0, concealed: 0, energy: 0, audioPackets: 0 };
+  if (!pc) return out;
+  const mids = window.stamma.connection.midToTrack;
+  const ours = new Set();
+  for (const tr of pc.getTransceivers()) {
+    const info = tr.mid && mids.get(tr.mid);
+    if (info && info.participant_id === pid && tr.receiver.track) ours.add(tr.receiver.track.id);
+  }
+  (await pc.getStats()).forEach((s) => {
+    if (s.type !== "inbound-rtp" || !ours.has(s.trackIdentifier)) return;
+    if (s.kind === "video") {
+      out.packets += s.packetsReceived || 0;
+      out.frames += s.framesReceived || 0;
+      out.decoded += s.framesDecoded || 0;
+    } else {
+      out.audioPackets += s.packetsReceived || 0;
+      out.samples += s.totalSamplesReceived || 0;
+      out.concealed += s.concealedSamples || 0;
+      out.energy += s.totalAudioEnergy || 0;
+    }
+  });
+  return out;
+}, pid);
+
+/** How the counters of `fromParticipant` moved over `ms`. */
+async function delta(page, pid, ms = 1500) {
+  const a = await fromParticipant(page, pid);
+  await page.waitForTimeout(ms);
+  const b = await fromParticipant(page, pid);
+  return Object.fromEntries(Object.keys(b).map((k) => [k, +(b[k] - a[k]).toFixed(4)]));
+}
+
+/** Waits until `page` decodes `pid`'s video and hears its audio (not concealment). */
+async function expectDecodes(page, pid, who) {
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  let d;
+  while (Date.now() < deadline) {
+    d = await delta(page, pid);
+    // Real audio: samples that are not concealment, with energy (the fake
+    // microphone beeps); concealment of dropped frames is near silence.
+    const heard = d.samples > 0 && d.samples - d.concealed > d.samples / 2 && d.energy > 0;
+    if (d.decoded > 0 && heard) return d;
+  }
+  fail(`${page.label} does not decode ${who}: ${JSON.stringify(d)}`);
+}
+
+const e2ee = (page) => page.evaluate(() => window.stamma.e2ee);
+
+/**
+ * How much of each remote tile's picture is the fake camera's: Chromium's
+ * fake device paints a green frame (a green disc and a clock on green), so
+ * the share of green pixels tells its picture from decoder noise.
+ */
+const pictures = (page) => page.evaluate(() => {
+  const canvas = document.createElement("canvas");
+  canvas.width = 64;
+  canvas.height = 36;
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  const out = {};
+  for (const tile of document.querySelectorAll("#stage .tile.remote")) {
+    const v = tile.querySelector("video");
+    if (!v.videoWidth) continue;
+    g.drawImage(v, 0, 0, canvas.width, canvas.height);
+    const px = g.getImageData(0, 0, canvas.width, canvas.height).data;
+    let green = 0;
+    for (let i = 0; i < px.length; i += 4) if (px[i + 1] > 100 && px[i] < 90 && px[i + 2] < 90) green++;
+    out[tile.dataset.pid] = +(green / (px.length / 4)).toFixed(3);
+  }
+  return out;
+});
+
+async function axeScan(page, name) {
+  await page.evaluate(AXE_SOURCE);
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  for (const v of result.violations) {
+    console.log(`axe ${name}: ${v.impact} ${v.id}: ${v.help} (${v.nodes.length} nodes)`);
+  }
+  if (bad.length) {
+    fail(`axe-core on the ${name} page: ${bad.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`).join("; ")}`);
+  }
+  console.log(`axe ${name}: no serious or critical violations (${result.violations.length} minor)`);
+}
+
+async function join(page, name) {
+  await waitFor(page, "pre-join page", () => document.querySelector("#name") && !document.querySelector("#prejoin").hidden);
+  await page.fill("#name", name);
+  await page.click("#join");
+  await waitFor(page, "joined", () => window.stamma.phase === "connected");
+}
+
+/** Waits until every page left generation `before` for one new one with one safety code; the time from participant_left. */
+async function rotated(pages, before) {
+  for (const p of pages) {
+    await waitFor(p, "a fresh generation after a leave", (gen) => window.stamma.e2ee.holdsKey && window.stamma.e2ee.generation !== gen, before, 10_000);
+  }
+  const infos = [];
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    infos.length = 0;
+    for (const p of pages) infos.push(await e2ee(p));
+    if (new Set(infos.map((i) => `${i.generation} ${i.safetyCode}`)).size === 1) break;
+    if (Date.now() > deadline) fail(`pages disagree after a leave: ${JSON.stringify(infos)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const adoptedAt = Math.max(...infos.map((i) => i.adoptedAt));
+  return { generation: infos[0].generation, ms: adoptedAt - Math.min(...infos.map((i) => i.leftAt)), adoptedAt };
+}
+
+const padlock = (page) => page.evaluate(() => {
+  const box = document.querySelector("#e2ee");
+  return { shown: !box.hidden && box.dataset.state === "on", code: document.querySelector("#e2ee-code").textContent };
+});
+
+// ---- run ---------------------------------------------------------------------
+
+const srv = await startServer();
+const origin = new URL(srv.host).origin;
+const hostLink = linkCreate(srv, ["--role", "host", "--e2ee-secret", "new"]);
+const secret = new URL(hostLink).hash.replace(/^#e2ee=/, "");
+if (!/^[A-Za-z0-9_-]{43}$/.test(secret)) fail(`link create --e2ee-secret new made no secret: ${hostLink}`);
+const speakerLink = linkCreate(srv, ["--role", "speaker", "--e2ee-secret", secret]);
+const plainLink = linkCreate(srv, ["--role", "speaker"]);
+if (new URL(speakerLink).hash !== `#e2ee=${secret}` || new URL(plainLink).hash !== "") {
+  fail(`unexpected links: ${speakerLink} ${plainLink}`);
+}
+if (!new URL(srv.e2eeHost).hash.startsWith("#e2ee=")) fail(`stamma dev's E2EE link has no secret: ${srv.e2eeHost}`);
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+const foreign = [];
+async function newPage(label) {
+  const ctx = await browser.newContext({ locale: "en-GB", viewport: { width: 1280, height: 800 } });
+  const page = await ctx.newPage();
+  page.label = label;
+  page.on("console", (m) => m.type() === "error" && console.error(`${label} console:`, m.text()));
+  page.on("pageerror", (e) => console.error(`${label} page error:`, e.message));
+  page.on("request", (r) => {
+    const u = r.url();
+    if (!u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:")) foreign.push(`${label}: ${u}`);
+  });
+  // Every chat signal on the wire, both ways: what the server sees.
+  page.chatWire = [];
+  page.on("websocket", (ws) => {
+    const grab = (dir) => (f) => {
+      try {
+        const m = JSON.parse(String(f.payload));
+        if (m.type === "chat") page.chatWire.push({ dir, text: m.text });
+      } catch { /* not JSON */ }
+    };
+    ws.on("framesent", grab("sent"));
+    ws.on("framereceived", grab("received"));
+  });
+  return page;
+}
+
+try {
+  step("a: two pages with the room secret decode each other");
+  const anna = await newPage("anna (secret)");
+  await anna.goto(hostLink);
+  await join(anna, "Anna Andersson");
+  await waitFor(anna, "padlock shown (alone: first epoch)", () => document.querySelector("#e2ee").dataset.state === "on");
+  const bjorn = await newPage("björn (secret)");
+  await bjorn.goto(speakerLink);
+  await join(bjorn, "Björn Berg");
+  const ids = {};
+  ids.anna = await anna.evaluate(() => window.stamma.me.id);
+  ids.bjorn = await bjorn.evaluate(() => window.stamma.me.id);
+  for (const p of [anna, bjorn]) await waitFor(p, "padlock shown", () => document.querySelector("#e2ee").dataset.state === "on" && !document.querySelector("#e2ee").hidden);
+  await waitFor(bjorn, "the same safety code as Anna", (code) => document.querySelector("#e2ee-code").textContent === code, (await padlock(anna)).code);
+  const t0 = Date.now();
+  const ab = await expectDecodes(anna, ids.bjorn, "Björn");
+  const ba = await expectDecodes(bjorn, ids.anna, "Anna");
+  console.log(`decoding both ways ${Date.now() - t0} ms after the safety codes matched: anna<-björn ${JSON.stringify(ab)}, björn<-anna ${JSON.stringify(ba)}`);
+  const [pa, pb] = [await padlock(anna), await padlock(bjorn)];
+  if (!pa.shown || !pb.shown || pa.code !== pb.code || !/^Safety code \d{4} \d{4} \d{4}$/.test(pa.code)) {
+    fail(`padlocks or safety codes differ: ${JSON.stringify({ pa, pb })}`);
+  }
+  const ea = await e2ee(anna);
+  console.log(`padlock on both, safety code "${pa.code}", generation ${ea.generation}, transform ${ea.transform}`);
+  const seen = await pictures(anna);
+  if (!(seen[ids.bjorn] > 0.5)) fail(`anna does not show Björn's camera picture: ${JSON.stringify(seen)}`);
+  const [fa0, fb0] = [await e2ee(anna), await e2ee(bjorn)];
+  console.log(`decrypt failures between the two (start-up, one ratchet): anna ${fa0.decryptFailures} ${JSON.stringify(fa0.failureReasons)}, björn ${fb0.decryptFailures} ${JSON.stringify(fb0.failureReasons)}; anna shows ${seen[ids.bjorn]} of Björn's picture as the camera's green`);
+
+  step("b: a page without the secret decodes nothing, and nothing of it is decoded");
+  const cecilia = await newPage("cecilia (no secret)");
+  await cecilia.goto(plainLink);
+  await join(cecilia, "Cecilia Ek");
+  ids.cecilia = await cecilia.evaluate(() => window.stamma.me.id);
+  await waitFor(cecilia, "tracks of both others offered", (n) =>
+    [...window.stamma.connection.midToTrack.values()].filter((t) => t.kind === "video").length >= n, 2);
+  const failuresBefore = (await e2ee(anna)).decryptFailures;
+  // Let media flow for a while, then compare.
+  await cecilia.waitForTimeout(3000);
+  for (const [who, pid] of [["Anna", ids.anna], ["Björn", ids.bjorn]]) {
+    const d = await delta(cecilia, pid, 2000);
+    const total = await fromParticipant(cecilia, pid);
+    if (!(d.packets > 0 && d.audioPackets > 0)) fail(`cecilia receives no packets from ${who}: ${JSON.stringify(d)}`);
+    // The VP8 frame tag is in clear (the SFU reads it), so the decoder takes
+    // the ciphertext behind it for VP8 data: now and then libvpx accepts a
+    // frame and paints noise. None is the sender's picture (checked below).
+    if (total.decoded > total.frames * 0.05) fail(`cecilia decoded ${total.decoded} of ${total.frames} frames of ${who}'s encrypted video`);
+    console.log(`cecilia <- ${who}: ${d.packets} video packets, ${d.frames} frames received, ${d.audioPackets} audio packets in 2 s; in all ${total.decoded} of ${total.frames} frames decoded (as noise)`);
+  }
+  await cecilia.screenshot({ path: new URL("e2ee-no-secret.png", OUT).pathname });
+  const noise = await pictures(cecilia);
+  for (const [pid, green] of Object.entries(noise)) {
+    if (green > 0.2) fail(`cecilia shows ${pid}'s camera picture (${green} green): ${JSON.stringify(noise)}`);
+  }
+  console.log(`what cecilia shows of the others, as share of the camera's green: ${JSON.stringify(noise)} (tiles with no decoded frame are not listed)`);
+  const pc = await padlock(cecilia);
+  if (pc.shown || !(await cecilia.evaluate(() => document.querySelector("#e2ee").hidden))) fail("cecilia shows a padlock");
+  for (const p of [anna, bjorn]) {
+    const total = await fromParticipant(p, ids.cecilia);
+    const d = await delta(p, ids.cecilia, 1500);
+    if (!(d.packets > 0)) fail(`${p.label} receives no packets from cecilia: ${JSON.stringify(d)}`);
+    if (total.decoded > 0 || d.decoded > 0) fail(`${p.label} decoded cecilia's clear video: ${JSON.stringify(total)}`);
+    console.log(`${p.label} <- cecilia: ${d.packets} packets in 1.5 s, ${total.decoded} frames decoded in all`);
+  }
+  const ea2 = await e2ee(anna);
+  if (!(ea2.decryptFailures > failuresBefore)) fail(`anna dropped none of cecilia's clear frames: ${JSON.stringify(ea2)}`);
+  console.log(`anna's decrypt failures (cecilia's clear frames): ${ea2.decryptFailures} ${JSON.stringify(ea2.failureReasons)}`);
+  // Cecilia's presence changed no key: she never proved the room secret.
+  if (ea2.verifiedPeers.includes(ids.cecilia)) fail("anna verified cecilia's key");
+
+  step("screenshot and accessibility of the encrypted meeting");
+  await anna.screenshot({ path: new URL("e2ee-meeting.png", OUT).pathname });
+  await axeScan(anna, "E2EE meeting");
+
+  step("d: chat between the pages with the secret is end-to-end encrypted");
+  const plain = "Hemligt: mötet börjar 14.00 🔒";
+  await anna.fill("#chat-input", plain);
+  await anna.press("#chat-input", "Enter");
+  for (const p of [anna, bjorn]) {
+    await waitFor(p, "chat arrives decrypted", (text) =>
+      [...document.querySelectorAll("#chat-log .text")].some((e) => e.textContent === text), plain);
+  }
+  await waitFor(cecilia, "chat relayed to the page without the secret", () => document.querySelectorAll("#chat-log .text").length > 0);
+  const cText = await cecilia.evaluate(() => [...document.querySelectorAll("#chat-log .text")].map((e) => e.textContent));
+  if (cText.some((x) => x.includes("Hemligt"))) fail(`cecilia reads the chat: ${cText}`);
+  const sentWire = anna.chatWire.filter((m) => m.dir === "sent");
+  const wire = [...anna.chatWire, ...bjorn.chatWire, ...cecilia.chatWire];
+  if (!sentWire.length || wire.some((m) => String(m.text).includes("Hemligt") || String(m.text).includes("14.00"))) {
+    fail(`the chat text is on the wire in clear: ${JSON.stringify(wire)}`);
+  }
+  console.log(`on the wire: ${JSON.stringify(sentWire[0].text)} (${sentWire[0].text.length} chars for ${plain.length} of text); cecilia shows ${JSON.stringify(cText[0])}`);
+  // A message from the page without the secret cannot pass as encrypted.
+  await cecilia.fill("#chat-input", "hej från Cecilia");
+  await cecilia.press("#chat-input", "Enter");
+  await waitFor(bjorn, "an undecryptable message is marked", () =>
+    [...document.querySelectorAll("#chat-log .text.undecryptable")].some((e) => e.textContent === "(encrypted message)"));
+  // From here on only key holders: what fails to decrypt is the rotations'.
+  // Any leave rotates, even of a page that never had a key (docs/e2ee.md).
+  const genC = (await e2ee(anna)).generation;
+  await cecilia.context().close();
+  const rc = await rotated([anna, bjorn], genC);
+  console.log(`cecilia left: both on generation ${rc.generation} ${rc.ms} ms after participant_left`);
+
+  step("c: a third page with the secret joins (ratchet), decodes, leaves (rotation)");
+  const failuresKeyHolders = { anna: (await e2ee(anna)).decryptFailures, bjorn: (await e2ee(bjorn)).decryptFailures };
+  const before = (await e2ee(anna)).generation;
+  const david = await newPage("david (secret, createEncodedStreams)");
+  await david.goto(`${speakerLink}&transform=streams`);
+  await join(david, "David Dahl");
+  ids.david = await david.evaluate(() => window.stamma.me.id);
+  await waitFor(david, "padlock shown", () => document.querySelector("#e2ee").dataset.state === "on");
+  const dv = await e2ee(david);
+  if (dv.transform !== "streams") fail(`david uses ${dv.transform}, not createEncodedStreams`);
+  for (const p of [anna, bjorn]) {
+    await waitFor(p, "ratcheted to the generation david has", (gen) => window.stamma.e2ee.generation === gen, dv.generation);
+  }
+  const codes3 = [await padlock(anna), await padlock(bjorn), await padlock(david)].map((x) => x.code);
+  if (new Set(codes3).size !== 1 || codes3[0] === pa.code || dv.generation !== ((before + 1) & 0xff)) {
+    fail(`after david joined: codes ${codes3} (before ${pa.code}), generation ${dv.generation} (before ${before})`);
+  }
+  console.log(`david joined: generation ${before} -> ${dv.generation}, one safety code for three: "${codes3[0]}"`);
+  const da = await expectDecodes(david, ids.anna, "Anna");
+  const db = await expectDecodes(david, ids.bjorn, "Björn");
+  const ad = await expectDecodes(anna, ids.david, "David");
+  console.log(`david decodes anna ${JSON.stringify(da)} and björn ${JSON.stringify(db)}; anna decodes david ${JSON.stringify(ad)}`);
+
+  const closedAt = Date.now();
+  await david.context().close();
+  const rd = await rotated([anna, bjorn], dv.generation);
+  const codes2 = [(await padlock(anna)).code, (await padlock(bjorn)).code];
+  if (codes2[0] === codes3[0]) fail(`the safety code did not change: ${codes2}`);
+  console.log(`rotation: participant_left -> both on generation ${rd.generation} in ${rd.ms} ms (${rd.adoptedAt - closedAt} ms after the browser closed); safety code now "${codes2[0]}"`);
+  const ab2 = await expectDecodes(anna, ids.bjorn, "Björn after the rotation");
+  const ba2 = await expectDecodes(bjorn, ids.anna, "Anna after the rotation");
+  console.log(`still decoding after the rotation: anna<-björn ${JSON.stringify(ab2)}, björn<-anna ${JSON.stringify(ba2)}`);
+
+  const fa = await e2ee(anna);
+  const fb = await e2ee(bjorn);
+  console.log(`decrypt failures from cecilia's departure to the end (david's join and leave, two rotations): anna ${fa.decryptFailures - failuresKeyHolders.anna}, björn ${fb.decryptFailures - failuresKeyHolders.bjorn}`);
+  console.log(`decrypt failures in all: anna ${fa.decryptFailures} ${JSON.stringify(fa.failureReasons)}; björn ${fb.decryptFailures} ${JSON.stringify(fb.failureReasons)}; frames encrypted/decrypted: anna ${fa.encrypted}/${fa.decrypted}, björn ${fb.encrypted}/${fb.decrypted}; dropped before a key: anna ${fa.droppedNoKey}, björn ${fb.droppedNoKey}`);
+
+  if (foreign.length) fail(`requests to other origins: ${foreign.join(", ")}`);
+  console.log("E2EE browser tests passed");
+} catch (e) {
+  failed = true;
+  console.error(e.message);
+} finally {
+  await browser.close().catch(() => {});
+  for (const c of children) c.kill("SIGINT");
+}
+process.exit(failed ? 1 : 0);
