@@ -1038,6 +1038,10 @@ function renderE2ee() {
     return;
   }
   const on = info.holdsKey;
+  // Called on every counter update too: touch the DOM only when it changes.
+  const shown = `${on}|${info.safetyCode}|${lang}`;
+  if (!box.hidden && box.dataset.shown === shown) return;
+  box.dataset.shown = shown;
   box.hidden = false;
   box.dataset.state = on ? "on" : "waiting";
   box.querySelector(".icon").innerHTML = icon(on ? "lock" : "unlock");

@@ -13,7 +13,8 @@
 //     is measured from participant_left to both on the new generation
 //  d. chat between the pages with the secret arrives decrypted, and what the
 //     server relays (the WebSocket frames) is not the text
-// Also: a screenshot with the padlock and an axe-core scan of the page.
+// Also: a page that reconnects is keyed again; a screenshot with the padlock
+// and an axe-core scan of the page.
 //
 // usage: node e2ee-room.test.mjs path/to/stamma
 // Runs inside its own network namespace with only loopback when it can.
@@ -160,6 +161,9 @@ async function expectDecodes(page, pid, who) {
     const heard = d.samples > 0 && d.samples - d.concealed > d.samples / 2 && d.energy > 0;
     if (d.decoded > 0 && heard) return d;
   }
+  const state = await page.evaluate(() => ({ ...window.stamma.debug(), e2ee: window.stamma.e2ee })).catch(() => null);
+  console.error(`${page.label} state: ${JSON.stringify(state, null, 1)}`);
+  console.error(`--- last server log lines ---\n${serverLog.join("\n")}\n---`);
   fail(`${page.label} does not decode ${who}: ${JSON.stringify(d)}`);
 }
 
@@ -427,6 +431,18 @@ try {
   const fb = await e2ee(bjorn);
   console.log(`decrypt failures from cecilia's departure to the end (david's join and leave, two rotations): anna ${fa.decryptFailures - failuresKeyHolders.anna}, björn ${fb.decryptFailures - failuresKeyHolders.bjorn}`);
   console.log(`decrypt failures in all: anna ${fa.decryptFailures} ${JSON.stringify(fa.failureReasons)}; björn ${fb.decryptFailures} ${JSON.stringify(fb.failureReasons)}; frames encrypted/decrypted: anna ${fa.encrypted}/${fa.decrypted}, björn ${fb.encrypted}/${fb.decrypted}; dropped before a key: anna ${fa.droppedNoKey}, björn ${fb.droppedNoKey}`);
+
+  step("a page with the secret that reconnects is a newcomer: the others rotate and key it again");
+  const genR = (await e2ee(anna)).generation;
+  await bjorn.evaluate(() => window.stamma.drop());
+  await waitFor(bjorn, "reconnected", () => window.stamma.phase === "connected");
+  ids.bjorn = await bjorn.evaluate(() => window.stamma.me.id);
+  await waitFor(bjorn, "padlock again", () => document.querySelector("#e2ee").dataset.state === "on");
+  await waitFor(anna, "a newer generation", (gen) => window.stamma.e2ee.generation !== gen, genR);
+  const rr = await rotated([anna, bjorn], genR);
+  const ab3 = await expectDecodes(anna, ids.bjorn, "Björn after his reconnect");
+  const ba3 = await expectDecodes(bjorn, ids.anna, "Anna after Björn's reconnect");
+  console.log(`björn reconnected: both on generation ${rr.generation}; decoding anna<-björn ${JSON.stringify(ab3)}, björn<-anna ${JSON.stringify(ba3)}`);
 
   if (foreign.length) fail(`requests to other origins: ${foreign.join(", ")}`);
   console.log("E2EE browser tests passed");

@@ -38,14 +38,17 @@ const stats = {
   failureReasons: {},
   // Empty frames, passed through untouched (nothing to protect, nothing to read).
   passedEmpty: 0,
-  // Incoming video frames after which the decoder needed a keyframe that we asked for.
+  // Keyframes asked for: of a remote sender after one of its video frames
+  // was dropped, of our encoder after frames dropped for want of a key.
   keyFrameRequests: 0,
 };
 let statsDirty = false;
 
-function fail(reason) {
+/** Counts a dropped incoming frame, by kind and reason ("video:unknown_kid"). */
+function fail(kind, reason) {
   stats.decryptFailures += 1;
-  stats.failureReasons[reason] = (stats.failureReasons[reason] || 0) + 1;
+  const key = `${kind}:${reason}`;
+  stats.failureReasons[key] = (stats.failureReasons[key] || 0) + 1;
   statsDirty = true;
 }
 
@@ -84,6 +87,7 @@ async function encryptFrame(codec, data) {
 
 /** The frame as the sender's encoder made it, or null to drop it. */
 async function decryptFrame(dec, codec, data) {
+  const kind = codec === Codec.OPUS ? "audio" : "video";
   if (data.length === 0) {
     stats.passedEmpty += 1;
     return data;
@@ -93,13 +97,13 @@ async function decryptFrame(dec, codec, data) {
   try {
     header = decodeHeader(data.subarray(prefix));
   } catch (e) {
-    fail(e.kind || "truncated_header");
+    fail(kind, e.kind || "truncated_header");
     return null;
   }
   if (!dec.hasKey(header.kid)) {
     const base = receiveKeys.get(header.kid);
     if (!base) {
-      fail("unknown_kid");
+      fail(kind, "unknown_kid");
       return null;
     }
     // Frames of one stream are transformed one at a time, so no second
@@ -111,32 +115,52 @@ async function decryptFrame(dec, codec, data) {
     stats.decrypted += 1;
     return out;
   } catch (e) {
-    fail(e instanceof SFrameError ? e.kind : "error");
+    fail(kind, e instanceof SFrameError ? e.kind : "error");
     return null;
   }
 }
 
 /**
  * Pipes one stream of encoded frames through encryption or decryption.
- * `keyFrame` (optional) asks the remote sender for a keyframe: after a
- * dropped video frame the decoder cannot go on until the next one.
+ * `keyFrame` (optional; RTCRtpScriptTransform only) gets a keyframe: on a
+ * receiver it asks the remote sender, since after a dropped video frame the
+ * decoder cannot go on until the next keyframe; on a sender it asks our
+ * encoder, when the frames dropped before we had a key included one.
  */
 function run({ operation, kind, readable, writable, keyFrame }) {
   const codec = codecOf(kind);
   const dec = operation === "decode" ? new Decryptor() : null;
   if (dec) decryptors.add(dec);
-  let lastKeyFrameRequest = 0;
+  const video = kind === "video";
+  // Receivers back off (1 s, 2 s, … 30 s) while a sender's frames keep
+  // failing, so one without the key is not asked for keyframes forever.
+  let nextRequest = 0;
+  let backoff = 1000;
+  let droppedForKey = false;
+  const requestKeyFrame = () => {
+    stats.keyFrameRequests += 1;
+    statsDirty = true;
+    Promise.resolve().then(keyFrame).catch(() => { /* the decoder asks by itself, later */ });
+  };
   const transform = new TransformStream({
     async transform(frame, controller) {
       const data = new Uint8Array(frame.data);
       const out = dec ? await decryptFrame(dec, codec, data) : await encryptFrame(codec, data);
       if (out === null) {
-        if (dec && kind === "video" && keyFrame && Date.now() - lastKeyFrameRequest > 1000) {
-          lastKeyFrameRequest = Date.now();
-          stats.keyFrameRequests += 1;
-          try { await keyFrame(); } catch { /* not supported here: the decoder asks by itself later */ }
+        if (dec && video && keyFrame && Date.now() >= nextRequest) {
+          nextRequest = Date.now() + backoff;
+          backoff = Math.min(backoff * 2, 30_000);
+          requestKeyFrame();
         }
+        if (!dec && video && !sender) droppedForKey = true;
         return;
+      }
+      if (dec) backoff = 1000;
+      if (!dec && droppedForKey) {
+        // The first frames went nowhere: without a fresh keyframe the
+        // receivers could not decode until the encoder's next one.
+        droppedForKey = false;
+        if (keyFrame && frame.type === "delta") requestKeyFrame();
       }
       // protect/unprotect return a fresh array that owns its whole buffer.
       if (out !== data) frame.data = out.buffer;
@@ -155,7 +179,9 @@ function run({ operation, kind, readable, writable, keyFrame }) {
 self.onrtctransform = (event) => {
   const t = event.transformer;
   const { operation, kind } = t.options || {};
-  const keyFrame = operation === "decode" && typeof t.sendKeyFrameRequest === "function" ? () => t.sendKeyFrameRequest() : null;
+  let keyFrame = null;
+  if (operation === "decode" && typeof t.sendKeyFrameRequest === "function") keyFrame = () => t.sendKeyFrameRequest();
+  if (operation === "encode" && typeof t.generateKeyFrame === "function") keyFrame = () => t.generateKeyFrame();
   run({ operation, kind, readable: t.readable, writable: t.writable, keyFrame });
 };
 
