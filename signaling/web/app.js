@@ -211,11 +211,11 @@ function showPrejoin() {
     $("prejoin-note").hidden = false;
   } else {
     $("devices").hidden = false;
-    startPreview();
-    $("camera").addEventListener("change", (e) => { S.local.videoId = e.target.value; startPreview(); });
-    $("microphone").addEventListener("change", (e) => { S.local.audioId = e.target.value; startPreview(); });
+    S.preview = startPreview();
+    $("camera").addEventListener("change", (e) => { S.local.videoId = e.target.value; S.preview = startPreview(); });
+    $("microphone").addEventListener("change", (e) => { S.local.audioId = e.target.value; S.preview = startPreview(); });
   }
-  $("prejoin-form").addEventListener("submit", (e) => {
+  $("prejoin-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     const name = $("name").value.trim();
     if (!name) {
@@ -227,6 +227,11 @@ function showPrejoin() {
     }
     try { localStorage.setItem("stamma.name", name); } catch { /* private mode */ }
     S.name = name;
+    $("join").disabled = true;
+    $("join").textContent = t("joining");
+    // A join before the camera and microphone are open would publish
+    // nothing, and nothing would publish them later.
+    if (S.preview) await S.preview;
     S.local.micOn = !$("join-muted").checked;
     S.local.camOn = !$("join-camera-off").checked;
     if (!S.local.camOn && S.local.cam) {
@@ -234,8 +239,6 @@ function showPrejoin() {
       S.local.cam = null;
     }
     clearInterval(meterTimer);
-    $("join").disabled = true;
-    $("join").textContent = t("joining");
     enterMeeting();
   });
   $("name").focus();

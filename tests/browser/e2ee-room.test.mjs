@@ -266,11 +266,17 @@ const browser = await chromium.launch({
   ],
 });
 const foreign = [];
+const pages = [];
 async function newPage(label) {
   const ctx = await browser.newContext({ locale: "en-GB", viewport: { width: 1280, height: 800 } });
   const page = await ctx.newPage();
   page.label = label;
-  page.on("console", (m) => m.type() === "error" && console.error(`${label} console:`, m.text()));
+  pages.push(page);
+  page.logs = [];
+  page.on("console", (m) => {
+    if (m.type() === "error") console.error(`${label} console:`, m.text());
+    if (page.logs.length < 200) page.logs.push(`${m.type()}: ${m.text()}`);
+  });
   page.on("pageerror", (e) => console.error(`${label} page error:`, e.message));
   page.on("request", (r) => {
     const u = r.url();
@@ -448,6 +454,11 @@ try {
   console.log("E2EE browser tests passed");
 } catch (e) {
   failed = true;
+  for (const p of pages) {
+    if (p.isClosed()) continue;
+    const state = await p.evaluate(() => ({ ...window.stamma.debug(), e2ee: window.stamma.e2ee, status: document.querySelector("#status").textContent })).catch(() => null);
+    console.error(`${p.label} state: ${JSON.stringify(state)}\n${p.label} console:\n  ${p.logs.join("\n  ")}`);
+  }
   console.error(e.message);
 } finally {
   await browser.close().catch(() => {});

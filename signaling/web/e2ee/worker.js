@@ -75,6 +75,7 @@ async function encryptFrame(codec, data) {
   try {
     const out = await protect(s.encryptor, codec, data);
     stats.encrypted += 1;
+    statsDirty = true;
     return out;
   } catch (e) {
     // frame_too_short (a VP8 keyframe under 10 bytes): no encoder makes
@@ -113,6 +114,7 @@ async function decryptFrame(dec, codec, data) {
   try {
     const out = await unprotect(dec, codec, data);
     stats.decrypted += 1;
+    statsDirty = true;
     return out;
   } catch (e) {
     fail(kind, e instanceof SFrameError ? e.kind : "error");
