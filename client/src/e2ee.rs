@@ -110,6 +110,8 @@ pub mod labels {
     pub const RATCHET: &str = "stamma e2ee ratchet";
     /// HPKE info when an epoch secret is sealed to a member.
     pub const EPOCH: &str = "stamma e2ee epoch";
+    /// HKDF info: epoch secret → the safety code members compare aloud.
+    pub const SAFETY_CODE: &str = "stamma e2ee safety code";
 }
 
 /// Length of the room secret, an epoch secret, and keys derived from them.
@@ -186,6 +188,18 @@ pub mod schedule {
         let mut out = [0u8; SECRET_LEN];
         kdf::expand(&prk, &[labels::RATCHET.as_bytes()], &mut out)?;
         Ok(out)
+    }
+
+    /// The safety code of an epoch: 12 digits from
+    /// HKDF-Expand(E, SAFETY_CODE, 5) read big-endian, mod 10^12, shown as
+    /// `dddd dddd dddd`. Equal codes mean the members share the key.
+    pub fn safety_code(epoch_secret: &[u8; SECRET_LEN]) -> Result<String, kdf::KdfError> {
+        let prk = Prk::from_bytes(Hash::Sha256, epoch_secret);
+        let mut out = [0u8; 5];
+        kdf::expand(&prk, &[labels::SAFETY_CODE.as_bytes()], &mut out)?;
+        let n = out.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b)) % 1_000_000_000_000;
+        let d = format!("{n:012}");
+        Ok(format!("{} {} {}", &d[..4], &d[4..8], &d[8..]))
     }
 
     /// KID = (sender's join sequence number << 8) | generation.
@@ -340,10 +354,23 @@ mod tests {
             ("SENDER", labels::SENDER),
             ("RATCHET", labels::RATCHET),
             ("EPOCH", labels::EPOCH),
+            ("SAFETY_CODE", labels::SAFETY_CODE),
         ] {
             let line = format!("export const {name} = \"{value}\";");
             assert!(js.contains(&line), "labels.js lacks `{line}`");
         }
+        // And nothing in labels.js that Rust lacks.
+        assert_eq!(
+            js.matches("export const ").count(),
+            6,
+            "labels.js has a label Rust lacks"
+        );
+    }
+
+    #[test]
+    fn safety_code_is_the_browsers() {
+        // The browser's session.js gives this for an epoch secret of 32 × 0x01.
+        assert_eq!(schedule::safety_code(&[1u8; 32]).unwrap(), "9840 4290 1053");
     }
 
     #[test]

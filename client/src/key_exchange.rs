@@ -291,6 +291,12 @@ impl KeyExchange {
         }
     }
 
+    /// The safety code of the current epoch (docs/e2ee.md): members who
+    /// read out the same code share the key.
+    pub fn safety_code(&self) -> Option<String> {
+        schedule::safety_code(&self.epoch?.secret).ok()
+    }
+
     /// The generation of the current epoch, once this member has one.
     pub fn generation(&self) -> Option<u8> {
         self.epoch.map(|e| e.generation)
@@ -446,6 +452,11 @@ mod tests {
         );
         room.join("C", SECRET);
         assert_eq!(room.generations(), vec![Some(2), Some(2), Some(2)]);
+        let codes: Vec<Option<String>> = room.members.values().map(|m| m.safety_code()).collect();
+        assert!(
+            codes[0].is_some() && codes.iter().all(|c| *c == codes[0]),
+            "{codes:?}"
+        );
         let ids = ["A", "B", "C"];
         for s in ids {
             for r in ids {
