@@ -18,129 +18,20 @@
 //
 // usage: node e2ee-room.test.mjs path/to/stamma
 // Runs inside its own network namespace with only loopback when it can.
-import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync } from "node:fs";
-import { createInterface } from "node:readline";
-import { createRequire } from "node:module";
-import { chromium } from "playwright-core";
+import {
+  OUT, STEP_TIMEOUT_MS, axeScan, children, enterNetns, fail, fromParticipant, join, launchChromium,
+  linkCreate, openPage, serverLog, startServer, step, waitFor,
+} from "./harness.mjs";
 
-const STEP_TIMEOUT_MS = 30_000;
 const [stamma] = process.argv.slice(2);
 if (!stamma) {
   console.error("usage: node e2ee-room.test.mjs path/to/stamma");
   process.exit(2);
 }
-
-// Re-run ourselves in a fresh network namespace (only `lo`) if we may.
-if (!process.env.STAMMA_IN_NETNS) {
-  const probe = spawnSync("unshare", ["-rn", "true"]);
-  if (probe.status === 0) {
-    const r = spawnSync(
-      "unshare",
-      ["-rn", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', process.execPath, ...process.argv.slice(1)],
-      { stdio: "inherit", env: { ...process.env, STAMMA_IN_NETNS: "1" } },
-    );
-    process.exit(r.status ?? 1);
-  }
-  console.warn("unshare -rn is not available; running in the host network namespace (loopback only)");
-}
-
-const require = createRequire(import.meta.url);
-const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-const OUT = new URL("../../test-output/", import.meta.url);
-mkdirSync(OUT, { recursive: true });
+enterNetns();
 
 const ROOM = "sekretess";
-const serverLog = [];
-const children = [];
 let failed = false;
-
-function fail(msg) {
-  throw new Error(msg);
-}
-
-function step(name) {
-  console.log(`--- ${name}`);
-}
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(stamma, ["dev", "--http", "127.0.0.1:0", "--media-port", "0", "--room", ROOM], {
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    children.push(child);
-    const found = {};
-    const timer = setTimeout(() => reject(new Error("stamma dev printed no join links")), STEP_TIMEOUT_MS);
-    child.on("exit", (code) => reject(new Error(`stamma dev exited with ${code}`)));
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      serverLog.push(line);
-      if (serverLog.length > 400) serverLog.shift();
-      let m = line.match(/^Join as (host):\s+(\S+)$/);
-      if (m) found[m[1]] = m[2];
-      m = line.match(/^Join with E2EE \(host\):\s+(\S+)$/);
-      if (m) found.e2eeHost = m[1];
-      m = line.match(/^\s+API (key|secret):\s+(\S+)/);
-      if (m) found[m[1]] = m[2];
-      if (found.host && found.e2eeHost && found.key && found.secret) {
-        clearTimeout(timer);
-        resolve({ child, ...found });
-      }
-    });
-  });
-}
-
-/** A join URL made with `stamma link create`, the way an organiser makes one. */
-function linkCreate(srv, args) {
-  const base = new URL(srv.host).origin;
-  const r = spawnSync(stamma, ["link", "create", "--room", ROOM, "--url", base, ...args], {
-    env: { ...process.env, STAMMA_API_KEY: srv.key, STAMMA_API_SECRET: srv.secret },
-    encoding: "utf8",
-  });
-  if (r.status !== 0) fail(`stamma link create failed: ${r.stderr}`);
-  return r.stdout.trim();
-}
-
-async function waitFor(page, what, fn, arg, timeout = STEP_TIMEOUT_MS) {
-  const t0 = Date.now();
-  try {
-    await page.waitForFunction(fn, arg, { timeout, polling: 100 });
-  } catch (e) {
-    const status = await page.textContent("#status").catch(() => "?");
-    const state = await page.evaluate(() => window.stamma && { ...window.stamma.debug(), e2ee: window.stamma.e2ee }).catch(() => null);
-    console.error(`${page.label} state: ${JSON.stringify(state, (k, v) => (typeof v === "bigint" ? String(v) : v), 1)}`);
-    console.error(`--- last server log lines ---\n${serverLog.join("\n")}\n---`);
-    fail(`${page.label}: ${what}: not reached in ${timeout} ms (page status: ${status}) ${e.message.split("\n")[0]}`);
-  }
-  return Date.now() - t0;
-}
-
-/** What a page receives from one participant: packets, video frames received and decoded, audio samples and energy. */
-const fromParticipant = (page, pid) => page.evaluate(async (pid) => {
-  const pc = window.stamma.pc;
-  const out = { packets: 0, frames: 0, decoded: 0, samples: 0, concealed: 0, energy: 0, audioPackets: 0 };
-  if (!pc) return out;
-  const mids = window.stamma.connection.midToTrack;
-  const ours = new Set();
-  for (const tr of pc.getTransceivers()) {
-    const info = tr.mid && mids.get(tr.mid);
-    if (info && info.participant_id === pid && tr.receiver.track) ours.add(tr.receiver.track.id);
-  }
-  (await pc.getStats()).forEach((s) => {
-    if (s.type !== "inbound-rtp" || !ours.has(s.trackIdentifier)) return;
-    if (s.kind === "video") {
-      out.packets += s.packetsReceived || 0;
-      out.frames += s.framesReceived || 0;
-      out.decoded += s.framesDecoded || 0;
-    } else {
-      out.audioPackets += s.packetsReceived || 0;
-      out.samples += s.totalSamplesReceived || 0;
-      out.concealed += s.concealedSamples || 0;
-      out.energy += s.totalAudioEnergy || 0;
-    }
-  });
-  return out;
-}, pid);
 
 /** How the counters of `fromParticipant` moved over `ms`. */
 async function delta(page, pid, ms = 1500) {
@@ -192,26 +83,6 @@ const pictures = (page) => page.evaluate(() => {
   return out;
 });
 
-async function axeScan(page, name) {
-  await page.evaluate(AXE_SOURCE);
-  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
-  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-  for (const v of result.violations) {
-    console.log(`axe ${name}: ${v.impact} ${v.id}: ${v.help} (${v.nodes.length} nodes)`);
-  }
-  if (bad.length) {
-    fail(`axe-core on the ${name} page: ${bad.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`).join("; ")}`);
-  }
-  console.log(`axe ${name}: no serious or critical violations (${result.violations.length} minor)`);
-}
-
-async function join(page, name) {
-  await waitFor(page, "pre-join page", () => document.querySelector("#name") && !document.querySelector("#prejoin").hidden);
-  await page.fill("#name", name);
-  await page.click("#join");
-  await waitFor(page, "joined", () => window.stamma.phase === "connected");
-}
-
 /** Waits until every page left generation `before` for one new one with one safety code; the time from participant_left. */
 async function rotated(pages, before) {
   for (const p of pages) {
@@ -237,8 +108,7 @@ const padlock = (page) => page.evaluate(() => {
 
 // ---- run ---------------------------------------------------------------------
 
-const srv = await startServer();
-const origin = new URL(srv.host).origin;
+const srv = await startServer(stamma, ROOM);
 const hostLink = linkCreate(srv, ["--role", "host", "--e2ee-secret", "new"]);
 const secret = new URL(hostLink).hash.replace(/^#e2ee=/, "");
 if (!/^[A-Za-z0-9_-]{43}$/.test(secret)) fail(`link create --e2ee-secret new made no secret: ${hostLink}`);
@@ -249,39 +119,12 @@ if (new URL(speakerLink).hash !== `#e2ee=${secret}` || new URL(plainLink).hash !
 }
 if (!new URL(srv.e2eeHost).hash.startsWith("#e2ee=")) fail(`stamma dev's E2EE link has no secret: ${srv.e2eeHost}`);
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launchChromium();
 const foreign = [];
 const pages = [];
 async function newPage(label) {
-  const ctx = await browser.newContext({ locale: "en-GB", viewport: { width: 1280, height: 800 } });
-  const page = await ctx.newPage();
-  page.label = label;
+  const page = await openPage(browser, srv, foreign, label);
   pages.push(page);
-  page.logs = [];
-  page.on("console", (m) => {
-    if (m.type() === "error") console.error(`${label} console:`, m.text());
-    if (page.logs.length < 200) page.logs.push(`${m.type()}: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => console.error(`${label} page error:`, e.message));
-  page.on("request", (r) => {
-    const u = r.url();
-    if (!u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:")) foreign.push(`${label}: ${u}`);
-  });
   // Every chat signal on the wire, both ways: what the server sees.
   page.chatWire = [];
   page.on("websocket", (ws) => {

@@ -15,99 +15,20 @@
 // usage: node room.test.mjs path/to/stamma path/to/stamma-test-participant
 // Runs inside its own network namespace with only loopback when it can, so no
 // packet leaves 127.0.0.0/8.
-import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
-import { createRequire } from "node:module";
-import { chromium } from "playwright-core";
+import {
+  STEP_TIMEOUT_MS, OUT, axeScan, children, enterNetns, fail, fromParticipant, join, launchChromium,
+  linkCreate, openPage, serverLog, startServer, step, waitFor,
+} from "./harness.mjs";
 
-const STEP_TIMEOUT_MS = 30_000;
 const [stamma, rustParticipant] = process.argv.slice(2);
 if (!stamma || !rustParticipant) {
   console.error("usage: node room.test.mjs path/to/stamma path/to/stamma-test-participant");
   process.exit(2);
 }
-
-// Re-run ourselves in a fresh network namespace (only `lo`) if we may.
-if (!process.env.STAMMA_IN_NETNS) {
-  const probe = spawnSync("unshare", ["-rn", "true"]);
-  if (probe.status === 0) {
-    const r = spawnSync(
-      "unshare",
-      ["-rn", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', process.execPath, ...process.argv.slice(1)],
-      { stdio: "inherit", env: { ...process.env, STAMMA_IN_NETNS: "1" } },
-    );
-    process.exit(r.status ?? 1);
-  }
-  console.warn("unshare -rn is not available; running in the host network namespace (loopback only)");
-}
-
-const require = createRequire(import.meta.url);
-const AXE_SOURCE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-const OUT = new URL("../../test-output/", import.meta.url);
-mkdirSync(OUT, { recursive: true });
-
-const serverLog = [];
-const children = [];
+enterNetns();
 let failed = false;
-
-function fail(msg) {
-  throw new Error(msg);
-}
-
-function step(name) {
-  console.log(`--- ${name}`);
-}
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(stamma, ["dev", "--http", "127.0.0.1:0", "--media-port", "0", "--room", "hearing"], {
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    children.push(child);
-    const found = {};
-    const timer = setTimeout(() => reject(new Error("stamma dev printed no join links")), STEP_TIMEOUT_MS);
-    child.on("exit", (code) => reject(new Error(`stamma dev exited with ${code}`)));
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      serverLog.push(line);
-      if (serverLog.length > 400) serverLog.shift();
-      let m = line.match(/^Join as (host|guest|attendee):\s+(\S+)$/);
-      if (m) found[m[1]] = m[2];
-      m = line.match(/^\s+API (key|secret):\s+(\S+)/);
-      if (m) found[m[1]] = m[2];
-      if (found.host && found.guest && found.attendee && found.key && found.secret) {
-        clearTimeout(timer);
-        resolve({ child, ...found });
-      }
-    });
-  });
-}
-
-/** A join URL made with `stamma link create`, the way an organiser makes one. */
-function linkCreate(srv, args) {
-  const base = new URL(srv.host).origin;
-  const r = spawnSync(stamma, ["link", "create", "--room", "hearing", "--url", base, ...args], {
-    env: { ...process.env, STAMMA_API_KEY: srv.key, STAMMA_API_SECRET: srv.secret },
-    encoding: "utf8",
-  });
-  if (r.status !== 0) fail(`stamma link create failed: ${r.stderr}`);
-  return r.stdout.trim();
-}
-
-async function waitFor(page, what, fn, arg, timeout = STEP_TIMEOUT_MS) {
-  const t0 = Date.now();
-  try {
-    await page.waitForFunction(fn, arg, { timeout, polling: 100 });
-  } catch (e) {
-    const status = await page.textContent("#status").catch(() => "?");
-    const state = await page.evaluate(() => window.stamma && window.stamma.debug && window.stamma.debug()).catch(() => null);
-    console.error(`${page.label} state: ${JSON.stringify(state, null, 1)}`);
-    console.error(`--- last server log lines ---\n${serverLog.join("\n")}\n---`);
-    fail(`${page.label}: ${what}: not reached in ${timeout} ms (page status: ${status}) ${e.message.split("\n")[0]}`);
-  }
-  return Date.now() - t0;
-}
 
 /** Inbound media as getStats reports it: per track, frames decoded and audio samples. */
 const inbound = (page) => page.evaluate(async () => {
@@ -151,51 +72,6 @@ async function expectMedia(page, count, audios = count) {
   fail(`${page.label}: expected ${count} remote videos and ${audios} audios flowing, saw ${JSON.stringify(last)}`);
 }
 
-/** What a page receives from one participant: audio samples and energy, video frames. */
-const fromParticipant = (page, pid) => page.evaluate(async (pid) => {
-  const pc = window.stamma.pc;
-  const mids = window.stamma.connection.midToTrack;
-  const ours = new Set();
-  for (const tr of pc.getTransceivers()) {
-    const info = tr.mid && mids.get(tr.mid);
-    if (info && info.participant_id === pid && tr.receiver.track) ours.add(tr.receiver.track.id);
-  }
-  const out = { samples: 0, energy: 0, frames: 0 };
-  (await pc.getStats()).forEach((s) => {
-    if (s.type !== "inbound-rtp" || !ours.has(s.trackIdentifier)) return;
-    if (s.kind === "audio") { out.samples += s.totalSamplesReceived || 0; out.energy += s.totalAudioEnergy || 0; }
-    if (s.kind === "video") out.frames += s.framesReceived || 0;
-  });
-  return out;
-}, pid);
-
-async function axeScan(page, name) {
-  await page.evaluate(AXE_SOURCE);
-  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
-  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-  for (const v of result.violations) {
-    console.log(`axe ${name}: ${v.impact} ${v.id}: ${v.help} (${v.nodes.length} nodes)`);
-  }
-  if (bad.length) {
-    fail(`axe-core on the ${name} page: ${bad.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`).join("; ")}`);
-  }
-  console.log(`axe ${name}: no serious or critical violations (${result.violations.length} minor)`);
-}
-
-async function join(page, name, { keyboard = false } = {}) {
-  await waitFor(page, "pre-join page", () => document.querySelector("#name") && !document.querySelector("#prejoin").hidden);
-  if (keyboard) {
-    // Keyboard only: the name field has focus on load; Enter submits.
-    await page.keyboard.press("Control+A");
-    await page.keyboard.type(name);
-    await page.keyboard.press("Enter");
-  } else {
-    await page.fill("#name", name);
-    await page.click("#join");
-  }
-  await waitFor(page, "joined", () => window.stamma.phase === "connected");
-}
-
 const remoteTiles = (page) => page.evaluate(() =>
   [...document.querySelectorAll("#stage .tile.remote")].map((t) => ({
     key: t.dataset.key, pid: t.dataset.pid, screen: t.classList.contains("screen"),
@@ -205,40 +81,14 @@ const remoteTiles = (page) => page.evaluate(() =>
 
 // ---- run ---------------------------------------------------------------------
 
-const srv = await startServer();
-const origin = new URL(srv.host).origin;
+const srv = await startServer(stamma, "hearing");
+const origin = srv.origin;
 const speakerLink = linkCreate(srv, ["--role", "speaker"]);
 const rustLink = linkCreate(srv, ["--role", "speaker", "--identity", "rust-client", "--name", "Rust"]);
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
-    "--auto-accept-this-tab-capture",
-    "--auto-select-desktop-capture-source=Entire screen",
-  ],
-});
+const browser = await launchChromium();
 const foreign = [];
 async function newPage(label, locale = "en-GB") {
-  const ctx = await browser.newContext({ locale, viewport: { width: 1280, height: 800 } });
-  const page = await ctx.newPage();
-  page.label = label;
-  page.on("console", (m) => m.type() === "error" && console.error(`${label} console:`, m.text()));
-  page.on("pageerror", (e) => console.error(`${label} page error:`, e.message));
-  page.on("request", (r) => {
-    const u = r.url();
-    if (!u.startsWith(origin) && !u.startsWith("data:") && !u.startsWith("blob:")) foreign.push(`${label}: ${u}`);
-  });
-  page.on("dialog", (d) => d.accept());
+  const page = await openPage(browser, srv, foreign, label, locale);
   // The `subscription` signals the page sends: what its tiles ask for.
   page.subs = [];
   page.on("websocket", (ws) => ws.on("framesent", (f) => {
@@ -351,8 +201,14 @@ try {
     !document.querySelector(`#stage .tile[data-pid="${pid}"] .badge.muted`).hidden, ids.cecilia, 2000);
 
   step("reconnect after a network drop");
-  await bjorn.evaluate(() => window.stamma.drop());
-  await waitFor(bjorn, "reconnecting state shown", () => document.body.dataset.phase === "reconnecting" || window.stamma.phase === "connected");
+  // The drop and the state the page shows right after it, in one turn of its event loop.
+  const shown = await bjorn.evaluate(() => {
+    window.stamma.drop();
+    return { phase: document.body.dataset.phase, status: document.querySelector("#status").textContent };
+  });
+  if (shown.phase !== "reconnecting" || !/Reconnecting/.test(shown.status)) {
+    fail(`a dropped connection should show that it reconnects: ${JSON.stringify(shown)}`);
+  }
   await waitFor(bjorn, "reconnected", () => window.stamma.phase === "connected");
   const bjornAgain = await bjorn.evaluate(() => window.stamma.me);
   if (bjornAgain.id === ids.bjorn) fail("reconnect should be a new session");
