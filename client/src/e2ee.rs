@@ -66,6 +66,18 @@ pub enum Error {
 /// Encrypts one encoded frame: `prefix ‖ SFrame(header ‖ ct ‖ tag)` with the
 /// prefix as authenticated metadata. One allocation: the output.
 pub fn protect(enc: &mut Encryptor, codec: Codec, frame: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(frame.len() + sframe::MAX_HEADER_LEN + sframe::TAG_LEN);
+    protect_into(enc, codec, frame, &mut out)?;
+    Ok(out)
+}
+
+/// [`protect`] into `out` (cleared first), so a sender can reuse one buffer.
+pub fn protect_into(
+    enc: &mut Encryptor,
+    codec: Codec,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     let needed = rule_len(codec, frame.first().copied());
     if codec != Codec::Data && (frame.is_empty() || frame.len() < needed) {
         return Err(Error::FrameTooShort {
@@ -75,24 +87,36 @@ pub fn protect(enc: &mut Encryptor, codec: Codec, frame: &[u8]) -> Result<Vec<u8
         });
     }
     let (prefix, payload) = frame.split_at(needed);
-    let mut out = Vec::with_capacity(frame.len() + sframe::MAX_HEADER_LEN + sframe::TAG_LEN);
+    out.clear();
     out.extend_from_slice(prefix);
-    enc.encrypt_into(prefix, payload, &mut out)?;
-    Ok(out)
+    enc.encrypt_into(prefix, payload, out)?;
+    Ok(())
 }
 
 /// Decrypts what [`protect`] made: returns `prefix ‖ plaintext`, the frame
 /// as the sender's encoder produced it.
 pub fn unprotect(dec: &mut Decryptor, codec: Codec, data: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(data.len());
+    unprotect_into(dec, codec, data, &mut out)?;
+    Ok(out)
+}
+
+/// [`unprotect`] into `out` (cleared first), so a receiver can reuse one buffer.
+pub fn unprotect_into(
+    dec: &mut Decryptor,
+    codec: Codec,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     let needed = rule_len(codec, data.first().copied());
     if data.len() < needed {
         return Err(sframe::Error::TruncatedHeader.into());
     }
     let (prefix, sframe_data) = data.split_at(needed);
-    let mut out = Vec::with_capacity(data.len());
+    out.clear();
     out.extend_from_slice(prefix);
-    dec.decrypt_into(prefix, sframe_data, &mut out)?;
-    Ok(out)
+    dec.decrypt_into(prefix, sframe_data, out)?;
+    Ok(())
 }
 
 /// The labels of Stämma's key schedule, in one place. The browser's copy is

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use stamma_client::e2ee::{Codec as E2eeCodec, protect, unprotect};
+use stamma_client::e2ee::{Codec as E2eeCodec, protect_into, unprotect_into};
 use stamma_client::media::{SyntheticVp8, VideoLayer};
 use stamma_client::sframe::{CipherSuite, Decryptor, Encryptor};
 use stamma_client::stamp::FrameStamp;
@@ -73,7 +73,8 @@ struct PeerE2ee {
     audio: Encryptor,
     video: Encryptor,
     decryptor: Decryptor,
-    /// Where a frame is unprotected into (reused).
+    /// Where a frame is protected and unprotected into (reused).
+    sealed: Vec<u8>,
     plain: Vec<u8>,
 }
 
@@ -92,7 +93,8 @@ impl PeerE2ee {
             audio: Encryptor::new(suite, e2ee_kid(me, false), &mine).ok()?,
             video: Encryptor::new(suite, e2ee_kid(me, true), &mine).ok()?,
             decryptor,
-            plain: Vec::new(),
+            sealed: Vec::with_capacity(64 * 1024),
+            plain: Vec::with_capacity(64 * 1024),
         })
     }
 }
@@ -677,16 +679,11 @@ impl Peer {
                 } else {
                     E2eeCodec::Opus
                 };
-                match unprotect(&mut e.decryptor, codec, &d.data) {
-                    Ok(plain) => {
-                        e.plain = plain;
-                        &e.plain
-                    }
-                    Err(_) => {
-                        self.delta.decrypt_failures += 1;
-                        return;
-                    }
+                if unprotect_into(&mut e.decryptor, codec, &d.data, &mut e.plain).is_err() {
+                    self.delta.decrypt_failures += 1;
+                    return;
                 }
+                &e.plain
             }
         };
         let Some(stamp) = FrameStamp::read(frame) else {
@@ -967,16 +964,21 @@ impl Peer {
             };
             let level = if speaking { -30 } else { -127 };
             let rtp = MediaTime::new(frame * 960, Frequency::FORTY_EIGHT_KHZ);
-            let sealed;
             let data = match &mut self.e2ee {
                 None => self.frame_buf.as_slice(),
-                Some(e) => match protect(&mut e.audio, E2eeCodec::Opus, &self.frame_buf) {
-                    Ok(s) => {
-                        sealed = s;
-                        sealed.as_slice()
+                Some(e) => {
+                    if protect_into(
+                        &mut e.audio,
+                        E2eeCodec::Opus,
+                        &self.frame_buf,
+                        &mut e.sealed,
+                    )
+                    .is_err()
+                    {
+                        continue;
                     }
-                    Err(_) => continue,
-                },
+                    e.sealed.as_slice()
+                }
             };
             if w.audio_level(level, speaking)
                 .write(pt, now, rtp, data)
@@ -1039,16 +1041,21 @@ impl Peer {
                     w = w.rid(rid);
                 }
                 let rtp = MediaTime::new(tick * 3000, Frequency::NINETY_KHZ);
-                let sealed;
                 let data = match &mut self.e2ee {
                     None => self.frame_buf.as_slice(),
-                    Some(e) => match protect(&mut e.video, E2eeCodec::Vp8, &self.frame_buf) {
-                        Ok(s) => {
-                            sealed = s;
-                            sealed.as_slice()
+                    Some(e) => {
+                        if protect_into(
+                            &mut e.video,
+                            E2eeCodec::Vp8,
+                            &self.frame_buf,
+                            &mut e.sealed,
+                        )
+                        .is_err()
+                        {
+                            continue;
                         }
-                        Err(_) => continue,
-                    },
+                        e.sealed.as_slice()
+                    }
                 };
                 if w.write(pt, now, rtp, data).is_ok() {
                     shared.note_sent(
