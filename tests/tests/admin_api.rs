@@ -361,7 +361,7 @@ async fn admin_mute_tells_the_room_and_stops_forwarding() -> anyhow::Result<()> 
     let speaker = Publish {
         tone_hz: Some(440.0),
         video: true,
-        e2ee: None,
+        ..Publish::default()
     };
     let a = TestParticipant::join(&srv.base, "m", "alice", Role::Speaker, speaker).await?;
     let b = TestParticipant::join(
@@ -372,7 +372,7 @@ async fn admin_mute_tells_the_room_and_stops_forwarding() -> anyhow::Result<()> 
         Publish {
             tone_hz: None,
             video: false,
-            e2ee: None,
+            ..Publish::default()
         },
     )
     .await?;

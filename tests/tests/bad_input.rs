@@ -185,7 +185,7 @@ async fn clients_vanishing_mid_handshake_leave_nothing_behind() -> anyhow::Resul
         Publish {
             tone_hz: Some(440.0),
             video: false,
-            e2ee: None,
+            ..Publish::default()
         },
     )
     .await?;
@@ -220,7 +220,7 @@ async fn random_udp_datagrams_do_not_disturb_a_live_call() -> anyhow::Result<()>
         Publish {
             tone_hz: Some(440.0),
             video: true,
-            e2ee: None,
+            ..Publish::default()
         },
     )
     .await?;
@@ -232,7 +232,7 @@ async fn random_udp_datagrams_do_not_disturb_a_live_call() -> anyhow::Result<()>
         Publish {
             tone_hz: Some(660.0),
             video: false,
-            e2ee: None,
+            ..Publish::default()
         },
     )
     .await?;
@@ -291,7 +291,7 @@ async fn random_udp_datagrams_do_not_disturb_a_live_call() -> anyhow::Result<()>
         Publish {
             tone_hz: None,
             video: false,
-            e2ee: None,
+            ..Publish::default()
         },
     )
     .await?;

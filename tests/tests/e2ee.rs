@@ -87,18 +87,12 @@ async fn encrypted_audio_is_the_tone_only_for_key_holders_and_opaque_to_the_serv
         hears_tone(bob.heard_frequency(&alice.id))
     })
     .await?;
-    // Everyone has been receiving for a while; give the others 2 s more.
-    let eve_track = eve.received_from(&alice.id, MediaKind::Audio);
     wait_until(Duration::from_secs(10), "eve receives 100 packets", || {
-        eve.received_from(&alice.id, MediaKind::Audio)
-            .and_then(|t| eve.with_received(&t, |r| r.packets))
-            .is_some_and(|n| n >= 100)
+        let (ok, failed) = decrypted(&eve, &alice.id);
+        ok + failed >= 100
     })
     .await?;
-    let eve_track = eve_track.or_else(|| eve.received_from(&alice.id, MediaKind::Audio));
-    let (eve_ok, eve_failed) = eve_track
-        .and_then(|t| eve.with_received(&t, |r| (r.decrypted, r.decrypt_failures)))
-        .unwrap_or_default();
+    let (eve_ok, eve_failed) = decrypted(&eve, &alice.id);
     assert_eq!(eve_ok, 0, "a wrong key decrypts nothing");
     assert!(eve_failed >= 100, "eve received packets: {eve_failed}");
     wait_until(
@@ -117,10 +111,7 @@ async fn encrypted_audio_is_the_tone_only_for_key_holders_and_opaque_to_the_serv
         "without the key the audio is not the tone: {:?}",
         mallory.heard_frequency(&alice.id)
     );
-    let (bob_ok, bob_failed) = bob
-        .received_from(&alice.id, MediaKind::Audio)
-        .and_then(|t| bob.with_received(&t, |r| (r.decrypted, r.decrypt_failures)))
-        .unwrap_or_default();
+    let (bob_ok, bob_failed) = decrypted(&bob, &alice.id);
     assert!(
         bob_ok >= 50 && bob_failed == 0,
         "bob: {bob_ok} ok, {bob_failed} failed"
@@ -208,6 +199,7 @@ async fn without_e2ee_the_tap_sees_the_tone_so_the_opacity_test_can_fail() -> an
     Ok(())
 }
 
+/// (decrypted, failed) audio packets `p` got from `from`.
 fn decrypted(p: &TestParticipant, from: &str) -> (u64, u64) {
     p.received_from(from, MediaKind::Audio)
         .and_then(|t| p.with_received(&t, |r| (r.decrypted, r.decrypt_failures)))

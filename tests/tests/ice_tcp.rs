@@ -30,7 +30,7 @@ async fn a_tcp_only_participant_meets_a_udp_one() -> anyhow::Result<()> {
     let tone = |hz| Publish {
         tone_hz: Some(hz),
         video: true,
-        e2ee: None,
+        ..Publish::default()
     };
     let tcp = TestParticipant::join_with(
         &srv.base,

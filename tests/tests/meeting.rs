@@ -22,7 +22,7 @@ async fn three_participants_hear_and_see_each_other() -> anyhow::Result<()> {
             Publish {
                 tone_hz: Some(*hz),
                 video: true,
-                e2ee: None,
+                ..Publish::default()
             },
         )
         .await?;
@@ -246,7 +246,7 @@ async fn lost_video_packets_are_recovered_in_both_directions() -> anyhow::Result
         Publish {
             tone_hz: Some(440.0),
             video: true,
-            e2ee: None,
+            ..Publish::default()
         },
         Some((media, up.addr)),
     )
@@ -259,7 +259,7 @@ async fn lost_video_packets_are_recovered_in_both_directions() -> anyhow::Result
         Publish {
             tone_hz: None,
             video: false,
-            e2ee: None,
+            ..Publish::default()
         },
         Some((media, down.addr)),
     )

@@ -57,7 +57,7 @@ async fn metrics_follow_a_meeting_and_count_errors_by_code() -> anyhow::Result<(
     let publish = Publish {
         tone_hz: Some(440.0),
         video: true,
-        e2ee: None,
+        ..Publish::default()
     };
     let a = TestParticipant::join(&srv.base, "metrics", "a", Role::Speaker, publish).await?;
     let b = TestParticipant::join(&srv.base, "metrics", "b", Role::Speaker, publish).await?;

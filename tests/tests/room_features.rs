@@ -257,7 +257,7 @@ async fn host_mutes_a_track_then_all_and_the_target_and_room_are_told() -> anyho
         Publish {
             tone_hz: Some(440.0),
             video: true,
-            e2ee: None,
+            ..Publish::default()
         },
     )
     .await?;
@@ -464,7 +464,7 @@ async fn test_participant_binary_reports_the_media_it_receives() -> anyhow::Resu
         Publish {
             tone_hz: Some(660.0),
             video: true,
-            e2ee: None,
+            ..Publish::default()
         },
     )
     .await?;

@@ -127,7 +127,7 @@ async fn relay_only_participant_meets_others_through_coturn() -> anyhow::Result<
     let tone = |hz| Publish {
         tone_hz: Some(hz),
         video: false,
-        e2ee: None,
+        ..Publish::default()
     };
     let alice = TestParticipant::join_with(
         &srv.base,
@@ -182,7 +182,7 @@ async fn credentials_from_another_secret_are_refused_by_coturn() -> anyhow::Resu
         Publish {
             tone_hz: Some(440.0),
             video: false,
-            e2ee: None,
+            ..Publish::default()
         },
         RELAY_ONLY,
     )

@@ -95,7 +95,7 @@ async fn every_event_arrives_signed_and_a_failed_delivery_is_retried() -> anyhow
         Publish {
             tone_hz: Some(440.0),
             video: false,
-            e2ee: None,
+            ..Publish::default()
         },
     )
     .await?;

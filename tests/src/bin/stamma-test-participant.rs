@@ -118,7 +118,7 @@ async fn main() -> ExitCode {
     let publish = Publish {
         tone_hz: Some(440.0),
         video: true,
-        e2ee: None,
+        ..Publish::default()
     };
     let p = match TestParticipant::join_url(&url, publish, Route::default()).await {
         Ok(p) => p,
