@@ -1,4 +1,4 @@
-//! Media helpers: test tones, frequency detection, synthetic VP8 frames.
+//! Media helpers: test tones, frequency detection, synthetic and grey VP8 frames.
 
 /// Samples per second of Opus in WebRTC.
 pub const SAMPLE_RATE: u32 = 48_000;
@@ -133,9 +133,9 @@ pub mod opus_tone {
     }
 }
 
-/// Builds VP8 RTP payloads (RFC 7741) for synthetic frames: a real payload
-/// descriptor and frame tag, then filler carrying the frame number, so a
-/// receiver can tell keyframes and frames apart without a VP8 decoder.
+/// Builds VP8 RTP payloads (RFC 7741): a payload descriptor with a picture
+/// id, so a receiver can tell keyframes and frames apart without a VP8
+/// decoder, around grey frames a real decoder shows too.
 #[derive(Debug, Clone)]
 pub struct Vp8Frames {
     picture_id: u16,
@@ -163,15 +163,19 @@ impl Default for Vp8Frames {
 }
 
 impl Vp8Frames {
-    /// Payloads of one frame of `size` bytes; the last one gets the RTP marker.
+    /// Payloads of one grey frame ([`vp8_grey_frame`], 320×180) of at
+    /// least `size` bytes; the last one gets the RTP marker.
     pub fn frame(&mut self, keyframe: bool, size: usize) -> Vec<Vec<u8>> {
+        let mut body = Vec::with_capacity(size);
+        vp8_grey_frame(keyframe, size, 320, 180, &mut body);
+        self.packetize(&body)
+    }
+
+    /// RTP payloads of one encoded frame (sealed or not), each with a
+    /// payload descriptor carrying the next picture id.
+    pub fn packetize(&mut self, body: &[u8]) -> Vec<Vec<u8>> {
         self.picture_id = (self.picture_id + 1) & 0x7fff;
         let pid = self.picture_id;
-        let mut body = Vec::with_capacity(size.max(10));
-        vp8_frame_header(keyframe, size, 320, 180, &mut body);
-        while body.len() < size.max(10) {
-            body.push((pid as u8).wrapping_add(body.len() as u8));
-        }
         let chunk = self.max_payload.saturating_sub(DESCRIPTOR).max(1);
         body.chunks(chunk)
             .enumerate()
@@ -235,6 +239,59 @@ pub fn vp8_frame_header(keyframe: bool, size: usize, width: u16, height: u16, ou
         out.extend_from_slice(&width.to_le_bytes());
         out.extend_from_slice(&height.to_le_bytes());
     }
+}
+
+/// Bytes of the first partition for the frame header and its 1,056
+/// coefficient-probability flags (about 140 needed), plus two per
+/// macroblock for the modes: at most 11 bits, 7 of them for an inter
+/// frame's "intra" symbol, read at probability 0.
+const GREY_HEADER_BYTES: usize = 280;
+const GREY_MODE_BYTES_PER_MB: usize = 2;
+/// One byte per macroblock for its 25 end-of-block symbols: libvpx reads
+/// 5.7 bits per macroblock of a keyframe and 0.9 of an inter frame (found
+/// by shortening the partition until `vpxdec` calls the frame corrupt).
+const GREY_TOKEN_BYTES_PER_MB: usize = 1;
+
+/// The smallest frame [`vp8_grey_frame`] writes for this picture size.
+pub fn vp8_grey_min_size(keyframe: bool, width: u16, height: u16) -> usize {
+    let header = if keyframe { 10 } else { 3 };
+    let mbs = macroblocks(width, height);
+    header + GREY_HEADER_BYTES + (GREY_MODE_BYTES_PER_MB + GREY_TOKEN_BYTES_PER_MB) * mbs
+}
+
+fn macroblocks(width: u16, height: u16) -> usize {
+    (width as usize).div_ceil(16) * (height as usize).div_ceil(16)
+}
+
+/// A VP8 frame (RFC 6386) that every decoder shows as a flat mid-grey
+/// picture, written without an encoder, so a browser can decode what a Rust
+/// test client sends (`framesDecoded` grows) and a test can tell that
+/// picture from noise.
+///
+/// After the frame tag (and a keyframe's start code and size), both
+/// partitions are zero bytes. A boolean decoder whose value is zero decodes
+/// every symbol as the first branch of its tree whatever the probability,
+/// so no probability table is needed: every header field is 0 (quantizer 0,
+/// no loop filter, no probability updates, no skip flags); a keyframe's
+/// macroblocks are B_PRED with B_DC_PRED sub-blocks, an inter frame's are
+/// intra DC_PRED (its `prob_intra` reads as 0); and every block ends at
+/// once (EOB is the token tree's first branch). Without residual, DC
+/// prediction from the frame's edges (127 above, 129 left) gives 128
+/// (129 in places). Frames shorter than [`vp8_grey_min_size`] are lengthened to
+/// it, since a decoder that runs out of bytes calls the frame corrupt;
+/// longer ones end in zero bytes nobody reads.
+pub fn vp8_grey_frame(keyframe: bool, size: usize, width: u16, height: u16, out: &mut Vec<u8>) {
+    let first = GREY_HEADER_BYTES + GREY_MODE_BYTES_PER_MB * macroblocks(width, height);
+    let size = size.max(vp8_grey_min_size(keyframe, width, height));
+    let tag: u32 = (if keyframe { 0 } else { 1 }) | (1 << 4) | ((first as u32 & 0x7ffff) << 5);
+    out.clear();
+    out.extend_from_slice(&tag.to_le_bytes()[..3]);
+    if keyframe {
+        out.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+        out.extend_from_slice(&(width & 0x3fff).to_le_bytes());
+        out.extend_from_slice(&(height & 0x3fff).to_le_bytes());
+    }
+    out.resize(size, 0);
 }
 
 /// One encoding a synthetic video source produces.

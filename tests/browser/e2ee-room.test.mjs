@@ -13,19 +13,25 @@
 //     is measured from participant_left to both on the new generation
 //  d. chat between the pages with the secret arrives decrypted, and what the
 //     server relays (the WebSocket frames) is not the text
+//  e. interop with the Rust implementation (stamma-test-participant with the
+//     secret): the browser decodes its video (the grey picture it sends) and
+//     hears its audio; it opens the browser's audio and hears the browser's
+//     660 Hz microphone tone; one safety code; its leave rotates the keys
+//  f. in a room created with e2ee_required, a page whose link lacks the secret
+//     publishes nothing and says why; a page with the secret publishes there
 // Also: a page that reconnects is keyed again; a screenshot with the padlock
 // and an axe-core scan of the page.
 //
-// usage: node e2ee-room.test.mjs path/to/stamma
+// usage: node e2ee-room.test.mjs path/to/stamma path/to/stamma-test-participant
 // Runs inside its own network namespace with only loopback when it can.
 import {
   OUT, STEP_TIMEOUT_MS, axeScan, children, enterNetns, fail, fromParticipant, join, launchChromium,
-  linkCreate, openPage, serverLog, startServer, step, waitFor,
+  adminToken, linkCreate, openPage, pictures, rustParticipant, serverLog, startServer, step, toneWav, waitFor,
 } from "./harness.mjs";
 
-const [stamma] = process.argv.slice(2);
-if (!stamma) {
-  console.error("usage: node e2ee-room.test.mjs path/to/stamma");
+const [stamma, rustParticipantBin] = process.argv.slice(2);
+if (!stamma || !rustParticipantBin) {
+  console.error("usage: node e2ee-room.test.mjs path/to/stamma path/to/stamma-test-participant");
   process.exit(2);
 }
 enterNetns();
@@ -48,7 +54,7 @@ async function expectDecodes(page, pid, who) {
   while (Date.now() < deadline) {
     d = await delta(page, pid);
     // Real audio: samples that are not concealment, with energy (the fake
-    // microphone beeps); concealment of dropped frames is near silence.
+    // microphone's tone); concealment of dropped frames is near silence.
     const heard = d.samples > 0 && d.samples - d.concealed > d.samples / 2 && d.energy > 0;
     if (d.decoded > 0 && heard) return d;
   }
@@ -59,29 +65,6 @@ async function expectDecodes(page, pid, who) {
 }
 
 const e2ee = (page) => page.evaluate(() => window.stamma.e2ee);
-
-/**
- * How much of each remote tile's picture is the fake camera's: Chromium's
- * fake device paints a green frame (a green disc and a clock on green), so
- * the share of green pixels tells its picture from decoder noise.
- */
-const pictures = (page) => page.evaluate(() => {
-  const canvas = document.createElement("canvas");
-  canvas.width = 64;
-  canvas.height = 36;
-  const g = canvas.getContext("2d", { willReadFrequently: true });
-  const out = {};
-  for (const tile of document.querySelectorAll("#stage .tile.remote")) {
-    const v = tile.querySelector("video");
-    if (!v.videoWidth) continue;
-    g.drawImage(v, 0, 0, canvas.width, canvas.height);
-    const px = g.getImageData(0, 0, canvas.width, canvas.height).data;
-    let green = 0;
-    for (let i = 0; i < px.length; i += 4) if (px[i + 1] > 100 && px[i] < 90 && px[i + 2] < 90) green++;
-    out[tile.dataset.pid] = +(green / (px.length / 4)).toFixed(3);
-  }
-  return out;
-});
 
 /** Waits until every page left generation `before` for one new one with one safety code; the time from participant_left. */
 async function rotated(pages, before) {
@@ -119,7 +102,9 @@ if (new URL(speakerLink).hash !== `#e2ee=${secret}` || new URL(plainLink).hash !
 }
 if (!new URL(srv.e2eeHost).hash.startsWith("#e2ee=")) fail(`stamma dev's E2EE link has no secret: ${srv.e2eeHost}`);
 
-const browser = await launchChromium();
+// Every page's microphone plays this tone, for the Rust client to find.
+const BROWSER_TONE_HZ = 660;
+const browser = await launchChromium({ fakeAudio: toneWav(BROWSER_TONE_HZ) });
 const foreign = [];
 const pages = [];
 async function newPage(label) {
@@ -165,9 +150,9 @@ try {
   const ea = await e2ee(anna);
   console.log(`padlock on both, safety code "${pa.code}", generation ${ea.generation}, transform ${ea.transform}`);
   const seen = await pictures(anna);
-  if (!(seen[ids.bjorn] > 0.5)) fail(`anna does not show Björn's camera picture: ${JSON.stringify(seen)}`);
+  if (!(seen[ids.bjorn]?.green > 0.5)) fail(`anna does not show Björn's camera picture: ${JSON.stringify(seen)}`);
   const [fa0, fb0] = [await e2ee(anna), await e2ee(bjorn)];
-  console.log(`decrypt failures between the two (start-up, one ratchet): anna ${fa0.decryptFailures} ${JSON.stringify(fa0.failureReasons)}, björn ${fb0.decryptFailures} ${JSON.stringify(fb0.failureReasons)}; anna shows ${seen[ids.bjorn]} of Björn's picture as the camera's green`);
+  console.log(`decrypt failures between the two (start-up, one ratchet): anna ${fa0.decryptFailures} ${JSON.stringify(fa0.failureReasons)}, björn ${fb0.decryptFailures} ${JSON.stringify(fb0.failureReasons)}; anna shows ${seen[ids.bjorn].green} of Björn's picture as the camera's green`);
 
   step("b: a page without the secret decodes nothing, and nothing of it is decoded");
   const cecilia = await newPage("cecilia (no secret)");
@@ -191,7 +176,7 @@ try {
   }
   await cecilia.screenshot({ path: new URL("e2ee-no-secret.png", OUT).pathname });
   const noise = await pictures(cecilia);
-  for (const [pid, green] of Object.entries(noise)) {
+  for (const [pid, { green }] of Object.entries(noise)) {
     if (green > 0.2) fail(`cecilia shows ${pid}'s camera picture (${green} green): ${JSON.stringify(noise)}`);
   }
   console.log(`what cecilia shows of the others, as share of the camera's green: ${JSON.stringify(noise)} (tiles with no decoded frame are not listed)`);
@@ -292,6 +277,74 @@ try {
   const ab3 = await expectDecodes(anna, ids.bjorn, "Björn after his reconnect");
   const ba3 = await expectDecodes(bjorn, ids.anna, "Anna after Björn's reconnect");
   console.log(`björn reconnected: both on generation ${rr.generation}; decoding anna<-björn ${JSON.stringify(ab3)}, björn<-anna ${JSON.stringify(ba3)}`);
+
+  step("e: one format, two implementations: a Rust client with the secret and the pages");
+  const genE = (await e2ee(anna)).generation;
+  const rust = await rustParticipant(rustParticipantBin, srv, speakerLink, ["--e2ee-secret", secret]);
+  for (const p of [anna, bjorn]) {
+    await waitFor(p, "ratcheted for the Rust client", (gen) => window.stamma.e2ee.generation !== gen, genE);
+  }
+  const codeE = (await padlock(anna)).code;
+  const rk = await rust.until((r) => `Safety code ${r.safety_code}` === codeE, `has the pages' safety code (${codeE})`);
+  console.log(`the Rust client joined: generation ${genE} -> ${(await e2ee(anna)).generation}, its safety code "${rk.safety_code}" is the pages'`);
+  const fromRust = await expectDecodes(anna, rust.id, "the Rust client");
+  const look = (await pictures(anna))[rust.id];
+  if (!(look && look.grey > 0.9)) fail(`anna does not show the Rust client's grey picture: ${JSON.stringify(look)}`);
+  console.log(`anna decodes the Rust client's SFrame video and audio: ${JSON.stringify(fromRust)}; its tile is ${look.grey} grey`);
+  // Once keyed, every frame it sends decodes (the first ones can wait for a keyframe).
+  const steady = await delta(anna, rust.id, 3000);
+  if (!(steady.frames > 0 && steady.decoded >= 0.8 * steady.frames)) fail(`anna decodes too few of the Rust client's frames: ${JSON.stringify(steady)}`);
+  console.log(`then in 3 s: ${steady.decoded} of ${steady.frames} frames decoded`);
+  const tone = (r, pid) => r.tones[pid] !== undefined && Math.abs(r.tones[pid] - BROWSER_TONE_HZ) <= 10;
+  const heard = await rust.until((r) => tone(r, ids.anna) && tone(r, ids.bjorn), `hears ${BROWSER_TONE_HZ} Hz from both pages`);
+  if (!(heard.decrypted > 100) || heard.decrypt_failures > heard.decrypted / 20) {
+    fail(`the Rust client opened too little of the pages' audio: ${JSON.stringify(heard)}`);
+  }
+  console.log(`the Rust client opens the pages' SFrame audio: ${heard.decrypted} packets opened, ${heard.decrypt_failures} refused, tones ${JSON.stringify(heard.tones)}`);
+  const genL = (await e2ee(anna)).generation;
+  rust.stop();
+  const rl = await rotated([anna, bjorn], genL);
+  console.log(`the Rust client left: both pages on generation ${rl.generation} ${rl.ms} ms after participant_left`);
+
+  step("f: a room that requires E2EE gets nothing from a link without the secret");
+  const created = await fetch(`${srv.origin}/api/v1/rooms`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${adminToken(srv)}`, "content-type": "application/json" },
+    body: JSON.stringify({ name: "krav", e2ee_required: true }),
+  });
+  if (created.status !== 201 && created.status !== 200) fail(`creating the e2ee_required room: ${created.status} ${await created.text()}`);
+  const krav = { ...srv, room: "krav" };
+  const keyed = await newPage("erik (secret, e2ee_required room)");
+  await keyed.goto(linkCreate(krav, ["--role", "host", "--e2ee-secret", secret]));
+  await join(keyed, "Erik Ek");
+  await waitFor(keyed, "padlock shown", () => document.querySelector("#e2ee").dataset.state === "on");
+  const keyless = await newPage("frida (no secret, e2ee_required room)");
+  await keyless.goto(linkCreate(krav, ["--role", "speaker"]));
+  await join(keyless, "Frida Falk");
+  const blocked = await keyless.evaluate(() => ({
+    blocked: window.stamma.e2ee.blocked,
+    note: document.querySelector("#meeting-note").hidden ? null : document.querySelector("#meeting-note").textContent,
+    senders: window.stamma.pc ? window.stamma.pc.getSenders().filter((x) => x.track).length : 0,
+    controls: ["#btn-mic", "#btn-cam", "#btn-share"].map((sel) => document.querySelector(sel).hidden),
+  }));
+  if (!blocked.blocked || !/no key/.test(blocked.note || "") || blocked.senders !== 0 || blocked.controls.some((h) => !h)) {
+    fail(`the keyless page in an e2ee_required room: ${JSON.stringify(blocked)}`);
+  }
+  const ids2 = {
+    erik: await keyed.evaluate(() => window.stamma.me.id),
+    frida: await keyless.evaluate(() => window.stamma.me.id),
+  };
+  await waitFor(keyless, "Erik's tracks offered", () =>
+    [...window.stamma.connection.midToTrack.values()].some((t) => t.kind === "video"));
+  await keyed.waitForTimeout(2000);
+  const fromFrida = await keyed.evaluate((pid) => {
+    const tiles = [...document.querySelectorAll(`#stage .tile[data-pid="${pid}"] video`)];
+    return { tracks: [...window.stamma.connection.midToTrack.values()].filter((t) => t.participant_id === pid).length, videos: tiles.filter((v) => v.videoWidth > 0).length };
+  }, ids2.frida);
+  if (fromFrida.tracks !== 0 || fromFrida.videos !== 0) fail(`the keyless page published into the e2ee_required room: ${JSON.stringify(fromFrida)}`);
+  const fridaSees = await fromParticipant(keyless, ids2.erik);
+  if (fridaSees.decoded > fridaSees.frames * 0.05) fail(`the keyless page decodes Erik's encrypted video: ${JSON.stringify(fridaSees)}`);
+  console.log(`e2ee_required: the keyless page says "${blocked.note}", sends no track, and decodes ${fridaSees.decoded} of ${fridaSees.frames} of Erik's frames`);
 
   if (foreign.length) fail(`requests to other origins: ${foreign.join(", ")}`);
   console.log("E2EE browser tests passed");

@@ -1,7 +1,7 @@
 // What the browser tests share: a private network namespace, a `stamma dev`
 // server and its links, Chromium with fake devices, page helpers, axe-core.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
@@ -82,6 +82,16 @@ export function startServer(stamma, room) {
   });
 }
 
+/** A node-wide admin token for the REST API (`stamma token create --admin`). */
+export function adminToken(srv) {
+  const r = spawnSync(srv.stamma, ["token", "create", "--admin", "--ttl", "10m"], {
+    env: { ...process.env, STAMMA_API_KEY: srv.key, STAMMA_API_SECRET: srv.secret },
+    encoding: "utf8",
+  });
+  if (r.status !== 0) fail(`stamma token create --admin failed: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
 /** A join URL made with `stamma link create`, the way an organiser makes one. */
 export function linkCreate(srv, args) {
   const r = spawnSync(srv.stamma, ["link", "create", "--room", srv.room, "--url", srv.origin, ...args], {
@@ -92,10 +102,40 @@ export function linkCreate(srv, args) {
   return r.stdout.trim();
 }
 
-export function launchChromium() {
+/**
+ * A WAV file of a steady sine tone for Chromium's fake microphone
+ * (`--use-file-for-fake-audio-capture`, which loops it): 2 s, 48 kHz mono
+ * 16-bit, a whole number of periods so the loop has no click. Written into
+ * test-output/, never committed.
+ */
+export function toneWav(hz) {
+  const rate = 48_000;
+  const n = rate * 2;
+  const buf = Buffer.alloc(44 + 2 * n);
+  buf.write("RIFF", 0);
+  buf.writeUInt32LE(36 + 2 * n, 4);
+  buf.write("WAVEfmt ", 8);
+  buf.writeUInt32LE(16, 16);
+  buf.writeUInt16LE(1, 20); // PCM
+  buf.writeUInt16LE(1, 22); // mono
+  buf.writeUInt32LE(rate, 24);
+  buf.writeUInt32LE(rate * 2, 28);
+  buf.writeUInt16LE(2, 32);
+  buf.writeUInt16LE(16, 34);
+  buf.write("data", 36);
+  buf.writeUInt32LE(2 * n, 40);
+  for (let i = 0; i < n; i++) buf.writeInt16LE(Math.round(10_000 * Math.sin((2 * Math.PI * hz * i) / rate)), 44 + 2 * i);
+  const path = new URL(`tone-${hz}hz.wav`, OUT).pathname;
+  writeFileSync(path, buf);
+  return path;
+}
+
+/** Chromium with fake devices; `fakeAudio` a WAV file for the microphone instead of its beeps. */
+export function launchChromium({ fakeAudio } = {}) {
   return chromium.launch({
     executablePath: "/usr/bin/chromium",
     args: [
+      ...(fakeAudio ? [`--use-file-for-fake-audio-capture=${fakeAudio}`] : []),
       "--no-sandbox",
       "--disable-gpu",
       "--disable-quic",
@@ -204,4 +244,73 @@ export async function axeScan(page, name) {
     fail(`axe-core on the ${name} page: ${bad.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`).join("; ")}`);
   }
   console.log(`axe ${name}: no serious or critical violations (${result.violations.length} minor)`);
+}
+
+/**
+ * How much of each remote tile's picture (by participant id) is Chromium's
+ * fake camera (green: a green disc and a clock on green) and how much is the
+ * Rust test client's flat mid-grey VP8; tiles with no decoded frame are left out.
+ */
+export const pictures = (page) => page.evaluate(() => {
+  const canvas = document.createElement("canvas");
+  canvas.width = 64;
+  canvas.height = 36;
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  const out = {};
+  for (const tile of document.querySelectorAll("#stage .tile.remote")) {
+    const v = tile.querySelector("video");
+    if (!v || !v.videoWidth) continue;
+    g.drawImage(v, 0, 0, canvas.width, canvas.height);
+    const px = g.getImageData(0, 0, canvas.width, canvas.height).data;
+    let green = 0;
+    let grey = 0;
+    for (let i = 0; i < px.length; i += 4) {
+      const [r, gr, b] = [px[i], px[i + 1], px[i + 2]];
+      if (gr > 100 && r < 90 && b < 90) green++;
+      if (Math.max(Math.abs(r - 128), Math.abs(gr - 128), Math.abs(b - 128)) <= 8) grey++;
+    }
+    const all = px.length / 4;
+    out[tile.dataset.pid] = { green: +(green / all).toFixed(3), grey: +(grey / all).toFixed(3) };
+  }
+  return out;
+});
+
+/**
+ * `stamma-test-participant` (webrtc-rs) joined through `link` with `args`
+ * added; resolves once it printed its participant id. `report()` is its
+ * latest report line; `until(pred, what)` waits for a report `pred` accepts;
+ * `stop()` ends it (it leaves when its stdin closes).
+ */
+export async function rustParticipant(binary, srv, link, args = []) {
+  const url = new URL(link);
+  const token = url.searchParams.get("token");
+  const wsUrl = `${srv.origin.replace("http", "ws")}/rtc`;
+  const child = spawn(binary, ["--url", wsUrl, "--room", srv.room, "--token", token, "--seconds", "120", ...args], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  children.push(child);
+  let id = null;
+  let last = null;
+  createInterface({ input: child.stdout }).on("line", (line) => {
+    if (line.startsWith("READY ")) id = line.slice(6).trim();
+    else if (line.startsWith("{")) { try { last = JSON.parse(line); } catch { /* partial line */ } }
+  });
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  while (!id) {
+    if (Date.now() > deadline || child.exitCode !== null) fail(`stamma-test-participant did not join (exit ${child.exitCode})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    id,
+    report: () => last,
+    async until(pred, what, timeout = STEP_TIMEOUT_MS) {
+      const end = Date.now() + timeout;
+      while (!(last && pred(last))) {
+        if (Date.now() > end) fail(`the Rust client: ${what}; last report ${JSON.stringify(last)}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      return last;
+    },
+    stop: () => child.stdin.end(),
+  };
 }

@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use stamma::{Server, ServerConfig};
 use stamma_client::e2ee::{self, Codec};
 use stamma_client::key_exchange::KeyExchange;
-use stamma_client::media::Vp8Frames;
 use stamma_client::media::opus_tone::{ToneDecoder, encode_tone};
+use stamma_client::media::{Vp8Frames, vp8_grey_frame};
 use stamma_client::peer::{
     LocalTrack, MediaKind as PeerKind, Peer, PeerEvent, PeerOptions, RemoteTrack,
 };
@@ -221,8 +221,8 @@ pub struct Publish {
 /// A test participant's SFrame keys: `(kid, base key)` to send with, and
 /// to read with; or, with `room_secret`, keys from the key exchange
 /// (`stamma_client::key_exchange`, docs/e2ee.md) that change as people come
-/// and go. Audio only: the synthetic VP8 is made packet by packet, not
-/// frame by frame, so it stays in clear.
+/// and go. It seals its audio and its grey VP8 frames with one encryptor
+/// (one KID, one counter, as the browser does) and opens others' audio.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct E2ee {
     pub send: Option<(u64, [u8; 32])>,
@@ -237,16 +237,55 @@ pub struct E2eeKeys {
     pub read: Vec<(u64, [u8; 32])>,
     /// The key exchange's generation (`None` without one, or before a key).
     pub generation: Option<u8>,
+    /// The key exchange's safety code, as the page shows it.
+    pub safety_code: Option<String>,
     pub version: u64,
 }
 
 type SharedKeys = Arc<Mutex<E2eeKeys>>;
+
+/// The one encryptor a participant's audio and video share, so no
+/// (KID, counter) pair is ever used twice; rebuilt when the keys change.
+struct Sealer {
+    keys: SharedKeys,
+    current: Mutex<(u64, Option<Encryptor>)>,
+}
+
+impl Sealer {
+    fn new(keys: SharedKeys) -> Arc<Sealer> {
+        Arc::new(Sealer {
+            keys,
+            current: Mutex::new((0, None)),
+        })
+    }
+
+    /// `frame` sealed for sending; `None` while there is no key yet (a
+    /// newcomer waiting for one sends nothing rather than clear media).
+    fn seal(&self, codec: Codec, frame: &[u8]) -> Option<Vec<u8>> {
+        let (version, send) = {
+            let k = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            (k.version, k.send)
+        };
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.0 != version {
+            let enc = send.and_then(|(kid, key)| {
+                Encryptor::new(CipherSuite::Aes128GcmSha256, kid, &key).ok()
+            });
+            *cur = (version, enc);
+        }
+        let enc = cur.1.as_mut()?;
+        e2ee::protect(enc, codec, frame)
+            .map_err(|e| tracing::error!(error = %e, "e2ee protect"))
+            .ok()
+    }
+}
 
 fn publish_keys(keys: &SharedKeys, kx: &KeyExchange) {
     let mut k = keys.lock().unwrap_or_else(|e| e.into_inner());
     k.send = kx.send_key();
     k.read = kx.receive_keys(Instant::now());
     k.generation = kx.generation();
+    k.safety_code = kx.safety_code();
     k.version += 1;
 }
 
@@ -531,6 +570,7 @@ impl TestParticipant {
         }
 
         // Media senders.
+        let sealer = publish.e2ee.map(|_| Sealer::new(e2ee_keys.clone()));
         let tracks = local_tracks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -539,10 +579,9 @@ impl TestParticipant {
             match t.kind() {
                 PeerKind::Audio => {
                     let hz = publish.tone_hz.unwrap_or(440.0);
-                    let keys = publish.e2ee.map(|_| e2ee_keys.clone());
-                    tasks.push(tokio::spawn(send_tone(t, hz, keys)));
+                    tasks.push(tokio::spawn(send_tone(t, hz, sealer.clone())));
                 }
-                PeerKind::Video => tasks.push(tokio::spawn(send_video(t))),
+                PeerKind::Video => tasks.push(tokio::spawn(send_video(t, sealer.clone()))),
             }
         }
 
@@ -562,6 +601,15 @@ impl TestParticipant {
 
     pub fn send(&self, s: ClientSignal) {
         let _ = self.outgoing.send(s);
+    }
+
+    /// The safety code of the key exchange's current epoch, if any.
+    pub fn safety_code(&self) -> Option<String> {
+        self.e2ee_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .safety_code
+            .clone()
     }
 
     /// Remote track ids received from `publisher_id` of `kind`.
@@ -750,10 +798,7 @@ async fn read_track(
 }
 
 /// Opus tone, 20 ms packets, until aborted.
-async fn send_tone(track: LocalTrack, hz: f32, e2ee_keys: Option<SharedKeys>) {
-    // (version, encryptor): a new key starts a new encryptor; with E2EE on
-    // and no key yet (a newcomer waiting for one), nothing is sent in clear.
-    let mut encryptor: Option<(u64, Option<Encryptor>)> = None;
+async fn send_tone(track: LocalTrack, hz: f32, sealer: Option<Arc<Sealer>>) {
     let packets = match encode_tone(hz, 250) {
         Ok(p) => p,
         Err(e) => {
@@ -768,35 +813,26 @@ async fn send_tone(track: LocalTrack, hz: f32, e2ee_keys: Option<SharedKeys>) {
     for i in 0.. {
         tick.tick().await;
         let p = &packets[i % packets.len()];
-        if let Some(keys) = &e2ee_keys {
-            let k = keys.lock().unwrap_or_else(|e| e.into_inner());
-            if encryptor.as_ref().is_none_or(|(v, _)| *v != k.version) {
-                let enc = k.send.and_then(|(kid, key)| {
-                    Encryptor::new(CipherSuite::Aes128GcmSha256, kid, &key).ok()
-                });
-                encryptor = Some((k.version, enc));
-            }
-        }
-        match &mut encryptor {
+        match &sealer {
             None => {
                 let _ = track.write_rtp(seq, ts, false, p).await;
             }
-            Some((_, None)) => {}
-            Some((_, Some(enc))) => match e2ee::protect(enc, Codec::Opus, p) {
-                Ok(sealed) => {
+            Some(s) => {
+                if let Some(sealed) = s.seal(Codec::Opus, p) {
                     let _ = track.write_rtp(seq, ts, false, &sealed).await;
                 }
-                Err(e) => tracing::error!(error = %e, "e2ee protect"),
-            },
+            }
         }
         seq = seq.wrapping_add(1);
         ts = ts.wrapping_add(960);
     }
 }
 
-/// Synthetic VP8 at 15 fps: a keyframe first, every 5 s and on every PLI.
-async fn send_video(track: LocalTrack) {
+/// Grey VP8 frames (`vp8_grey_frame`, which browsers decode) at 15 fps: a
+/// keyframe first, every 5 s and on every PLI; sealed with E2EE.
+async fn send_video(track: LocalTrack, sealer: Option<Arc<Sealer>>) {
     let mut frames = Vp8Frames::default();
+    let mut body = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(66));
     let mut seq: u16 = 65_300;
     let mut ts: u32 = 0;
@@ -806,7 +842,15 @@ async fn send_video(track: LocalTrack) {
         let requests = track.keyframe_requests();
         let keyframe = n % 75 == 0 || requests > answered;
         answered = requests;
-        let payloads = frames.frame(keyframe, if keyframe { 5000 } else { 1200 });
+        let size = if keyframe { 5000 } else { 1000 };
+        vp8_grey_frame(keyframe, size, 320, 180, &mut body);
+        let payloads = match &sealer {
+            None => frames.packetize(&body),
+            Some(s) => match s.seal(Codec::Vp8, &body) {
+                Some(sealed) => frames.packetize(&sealed),
+                None => Vec::new(),
+            },
+        };
         let last = payloads.len().saturating_sub(1);
         for (i, p) in payloads.iter().enumerate() {
             let _ = track.write_rtp(seq, ts, i == last, p).await;

@@ -5,35 +5,56 @@
 //!
 //! ```text
 //! stamma-test-participant --url ws://127.0.0.1:PORT/rtc --room R --token T --seconds N
+//!     [--e2ee-secret SECRET]
 //! ```
 //!
+//! With `--e2ee-secret` (the room secret of an end-to-end encrypted link,
+//! the part after `#e2ee=`) it takes part in the key exchange, seals its
+//! audio and video with SFrame and opens others' audio (docs/e2ee.md).
+//!
 //! Prints `READY <participant id>` once joined, then once a second a JSON
-//! line `{"audio_packets", "video_frames", "audio_from", "video_from"}`:
-//! totals since joining, and the participant ids it has decoded audio and
-//! received video frames from. Exits 0 after N seconds or when its stdin
-//! ends (so it dies with the test that spawned it); 1 if joining fails,
-//! 2 on bad arguments.
+//! line `{"audio_packets", "video_frames", "audio_from", "video_from",
+//! "tones", "decrypted", "decrypt_failures", "safety_code"}`: totals since
+//! joining, the participant ids it has decoded audio and received video
+//! frames from, the dominant frequency of the last second heard from each,
+//! and (with E2EE) the audio packets opened and refused and the current
+//! safety code. Exits 0 after N seconds or when its stdin ends (so it dies
+//! with the test that spawned it); 1 if joining fails, 2 on bad arguments.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use base64::Engine as _;
+use stamma_client::media::dominant_frequency;
 use stamma_client::signal::rtc_url;
 use stamma_proto::MediaKind;
-use stamma_tests::{Publish, Route, TestParticipant};
+use stamma_tests::{E2ee, Publish, Route, TestParticipant};
 
-const USAGE: &str =
-    "usage: stamma-test-participant --url ws://HOST:PORT/rtc --room ROOM --token JWT --seconds N";
+const USAGE: &str = "usage: stamma-test-participant --url ws://HOST:PORT/rtc --room ROOM \
+                     --token JWT --seconds N [--e2ee-secret SECRET]";
 
 struct Args {
     url: String,
     room: String,
     token: String,
     seconds: u64,
+    e2ee_secret: Option<[u8; 32]>,
+}
+
+/// A link's room secret: 32 bytes in unpadded base64url.
+fn room_secret(value: &str) -> Result<[u8; 32], String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .map_err(|_| "--e2ee-secret must be unpadded base64url".to_owned())?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("--e2ee-secret must be 32 bytes, not {}", b.len()))
 }
 
 fn parse_args() -> Result<Args, String> {
     let (mut url, mut room, mut token, mut seconds) = (None, None, None, None);
+    let mut e2ee_secret = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -41,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--url" => url = Some(value),
             "--room" => room = Some(value),
             "--token" => token = Some(value),
+            "--e2ee-secret" => e2ee_secret = Some(room_secret(&value)?),
             "--seconds" => {
                 seconds = Some(
                     value
@@ -56,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         room: room.ok_or("--room is missing")?,
         token: token.ok_or("--token is missing")?,
         seconds: seconds.ok_or("--seconds is missing")?,
+        e2ee_secret,
     })
 }
 
@@ -63,11 +86,19 @@ fn parse_args() -> Result<Args, String> {
 fn report(p: &TestParticipant) -> serde_json::Value {
     let received = p.received.lock().unwrap_or_else(|e| e.into_inner());
     let (mut audio_packets, mut video_frames) = (0u64, 0u64);
+    let (mut decrypted, mut decrypt_failures) = (0u64, 0u64);
     let (mut audio_from, mut video_from) = (BTreeSet::new(), BTreeSet::new());
+    let mut tones = BTreeMap::new();
     for r in received.values() {
         match r.kind {
             Some(MediaKind::Audio) => {
                 audio_packets += r.packets;
+                decrypted += r.decrypted;
+                decrypt_failures += r.decrypt_failures;
+                if let Some(last) = r.pcm.len().checked_sub(48_000) {
+                    let hz = dominant_frequency(&r.pcm[last..], 100.0, 4000.0, 5.0);
+                    tones.insert(r.publisher_id.clone(), hz);
+                }
                 if !r.pcm.is_empty() {
                     audio_from.insert(r.publisher_id.clone());
                 }
@@ -86,6 +117,10 @@ fn report(p: &TestParticipant) -> serde_json::Value {
         "video_frames": video_frames,
         "audio_from": audio_from,
         "video_from": video_from,
+        "tones": tones,
+        "decrypted": decrypted,
+        "decrypt_failures": decrypt_failures,
+        "safety_code": p.safety_code(),
     })
 }
 
@@ -118,7 +153,10 @@ async fn main() -> ExitCode {
     let publish = Publish {
         tone_hz: Some(440.0),
         video: true,
-        ..Publish::default()
+        e2ee: args.e2ee_secret.map(|secret| E2ee {
+            room_secret: Some(secret),
+            ..E2ee::default()
+        }),
     };
     let p = match TestParticipant::join_url(&url, publish, Route::default()).await {
         Ok(p) => p,
