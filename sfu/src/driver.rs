@@ -210,6 +210,7 @@ struct Exported {
     plis_received: Counter,
     keyframe_requests_sent: Counter,
     layer_switches: Counter,
+    frames_shed: Counter,
     joined: Counter,
     left: Counter,
     bandwidth_estimate: Histogram,
@@ -234,6 +235,7 @@ impl Exported {
             plis_received: metrics::counter!("stamma_plis_received_total"),
             keyframe_requests_sent: metrics::counter!("stamma_keyframe_requests_sent_total"),
             layer_switches: metrics::counter!("stamma_layer_switches_total"),
+            frames_shed: metrics::counter!("stamma_video_shed_total"),
             joined: metrics::counter!("stamma_participants_joined_total"),
             left: metrics::counter!("stamma_participants_left_total"),
             bandwidth_estimate: metrics::histogram!("stamma_bandwidth_estimate_bps"),
@@ -265,6 +267,7 @@ impl Exported {
                 l.keyframe_requests,
             ),
             (&self.layer_switches, s.layer_switches, l.layer_switches),
+            (&self.frames_shed, s.frames_shed, l.frames_shed),
             (&self.joined, s.participants_joined, l.participants_joined),
             (&self.left, s.participants_left, l.participants_left),
         ];

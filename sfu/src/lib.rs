@@ -16,6 +16,7 @@ pub mod forwarder;
 pub mod ice_tcp;
 pub mod participant;
 pub mod room;
+pub mod send_backlog;
 pub mod speaker;
 pub mod subscription;
 #[cfg(feature = "test-tap")]

@@ -71,6 +71,9 @@ pub struct Participant {
     pub bwe_desired: u64,
     /// When the link may next be probed for more bandwidth.
     pub next_probe: Instant,
+    /// RTP was written to this subscriber's streams and is not sent yet:
+    /// `Worker::settle` sends it all with one clock step and one drain.
+    pub send_due: bool,
 }
 
 impl Participant {
@@ -147,6 +150,7 @@ impl Participant {
             allocation_due: true,
             bwe_desired: 0,
             next_probe: now,
+            send_due: false,
         })
     }
 

@@ -5,6 +5,7 @@ use str0m::media::{Mid, Pt};
 
 use crate::demux::ParticipantKey;
 use crate::forwarder::Forwarder;
+use crate::send_backlog::LastKeyframe;
 
 /// Where a subscription is in the subscriber's SDP negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,12 @@ pub struct Subscription {
     pub pt_map: Option<(Pt, Pt)>,
     /// NACKs str0m had counted on the outgoing stream at its last stats report.
     pub nacks_seen: u64,
+    /// Frames are being shed until the send queue drains (`send_backlog`).
+    pub shedding: bool,
+    /// The layer forwarded when shedding began (to count a restart on
+    /// another layer as a switch).
+    pub shed_layer: Option<usize>,
+    pub last_keyframe: LastKeyframe,
 }
 
 impl Subscription {
@@ -92,6 +99,9 @@ impl Subscription {
             },
             pt_map: None,
             nacks_seen: 0,
+            shedding: false,
+            shed_layer: None,
+            last_keyframe: LastKeyframe::default(),
         }
     }
 }

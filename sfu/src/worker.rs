@@ -28,6 +28,7 @@ use crate::event::MediaEvent;
 use crate::forwarder::Forward;
 use crate::participant::{Participant, PendingOffer};
 use crate::room::Room;
+use crate::send_backlog::SendBacklog;
 use crate::speaker::attenuation_db;
 use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::{MAX_LAYERS, PACKET_OVERHEAD_BYTES, Track};
@@ -93,6 +94,9 @@ pub struct WorkerStats {
     pub nacks_received: u64,
     /// A subscription's forwarded layer changed from one layer to another.
     pub layer_switches: u64,
+    /// Times a subscription started shedding video frames because its send
+    /// queue was over the limit (`send_backlog`).
+    pub frames_shed: u64,
     pub participants_joined: u64,
     pub participants_left: u64,
     /// Room/participant/track events dropped because their channel was full.
@@ -126,6 +130,8 @@ pub struct Worker {
     events: std::collections::VecDeque<(ParticipantKey, Event)>,
     /// Reused list of a packet's subscribers (no allocation per packet).
     scratch: Vec<ParticipantKey>,
+    /// Subscribers with RTP written since the last send (`send_due` set).
+    send_due: Vec<ParticipantKey>,
     /// Earliest `next_timeout` of any participant (possibly stale-early).
     earliest: Option<Instant>,
     doomed: Vec<(ParticipantKey, ErrorCode, String)>,
@@ -164,6 +170,7 @@ impl Worker {
             outbox: Vec::new(),
             events: std::collections::VecDeque::new(),
             scratch: Vec::new(),
+            send_due: Vec::new(),
             earliest: None,
             doomed: Vec::new(),
             stats: WorkerStats::default(),
@@ -239,27 +246,6 @@ impl Worker {
 
     fn get(&mut self, key: ParticipantKey) -> Option<&mut Participant> {
         self.participants.get_mut(key).and_then(|p| p.as_mut())
-    }
-
-    /// Feed a timeout so the participant's clock reads `now` (str0m sends
-    /// written RTP only once its clock has reached the packet's time), then drain.
-    fn advance(&mut self, now: Instant, key: ParticipantKey) {
-        let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut()) else {
-            return;
-        };
-        if p.clock >= now {
-            return;
-        }
-        p.clock = now;
-        match catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(Input::Timeout(now)))) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(participant = %p.id, error = %e, "timeout handling failed"),
-            Err(_) => {
-                self.panicked(key);
-                return;
-            }
-        }
-        self.drain(key);
     }
 
     // ---- inputs -------------------------------------------------------
@@ -1373,14 +1359,23 @@ impl Worker {
     /// then remove the ones that failed.
     fn settle(&mut self, now: Instant) {
         let mut rounds = 0;
-        while let Some((key, event)) = self.events.pop_front() {
-            rounds += 1;
-            if rounds > MAX_POLL_ROUNDS {
-                warn!("event limit reached");
-                self.events.clear();
+        loop {
+            while let Some((key, event)) = self.events.pop_front() {
+                rounds += 1;
+                if rounds > MAX_POLL_ROUNDS {
+                    warn!("event limit reached");
+                    self.events.clear();
+                    break;
+                }
+                self.participant_event(now, key, event);
+            }
+            // Sending drains subscribers, which may queue events again; the
+            // passes are bounded with the events.
+            if self.send_due.is_empty() || rounds > MAX_POLL_ROUNDS {
                 break;
             }
-            self.participant_event(now, key, event);
+            rounds += 1;
+            self.send_written(now);
         }
         while let Some((key, code, why)) = self.doomed.pop() {
             if let Some(p) = self.get(key) {
@@ -1388,6 +1383,39 @@ impl Worker {
             }
             self.remove(key, &why);
         }
+    }
+
+    /// Send what `forward_rtp` wrote. str0m sends a written packet only
+    /// after a timeout input has stamped it, and every drain walks all
+    /// streams of the connection (the main cost per subscriber in big
+    /// rooms), so each subscriber gets one timeout and one drain for all the
+    /// packets of a receive batch instead of a drain per packet and a
+    /// timeout later. str0m asks for a drain after every mutation; a
+    /// direct-API `write_rtp` only pushes onto the stream's send queue
+    /// (str0m 0.25: nothing to poll but the next timeout), so writes of one
+    /// batch are followed by one timeout and one full drain. Recheck on
+    /// str0m upgrades.
+    fn send_written(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.send_due);
+        for &key in &due {
+            let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut()) else {
+                continue;
+            };
+            p.send_due = false;
+            p.clock = p.clock.max(now);
+            let at = p.clock;
+            match catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(Input::Timeout(at)))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(participant = %p.id, error = %e, "timeout handling failed"),
+                Err(_) => {
+                    self.panicked(key);
+                    continue;
+                }
+            }
+            self.drain(key);
+        }
+        due.clear();
+        self.send_due = due;
     }
 
     /// Remove participants whose signal queue overflowed or whose session is
@@ -1700,6 +1728,12 @@ impl Worker {
             && descriptor
                 .as_ref()
                 .is_some_and(|d| d.starts_keyframe(&pkt.payload));
+        // VP8 payload descriptor: S set, partition index 0 (RFC 7741 §4.2).
+        let starts_frame = descriptor.is_some()
+            && pkt
+                .payload
+                .first()
+                .is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0);
         if starts_keyframe {
             l.keyframe_pending = false;
             l.keyframe_since_request = true;
@@ -1757,6 +1791,46 @@ impl Worker {
                 continue;
             };
             let Some(out_mid) = s.mid else { continue };
+            // Shedding is decided at frame starts only, so no frame is cut.
+            if starts_frame
+                && self.config.allocator
+                && let Some(estimate) = q.bwe_bps
+            {
+                let backlog = q
+                    .rtc
+                    .direct_api()
+                    .stream_tx_by_mid(out_mid, None)
+                    .and_then(|tx| tx.queue_info())
+                    .map(|i| SendBacklog {
+                        queued_bytes: i.byte_size() as u64,
+                        oldest_wait: i
+                            .first_unsent()
+                            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
+                    })
+                    .unwrap_or_default();
+                if s.current.is_some() {
+                    let keyframe = s.last_keyframe.recent(now);
+                    if backlog.over_limit(estimate, keyframe) {
+                        s.shed_layer = s.current.take();
+                        s.forwarder.restart();
+                        s.shedding = true;
+                        self.stats.frames_shed += 1;
+                        // Repairs of what came before the restart are useless
+                        // to the decoder and would queue ahead of the
+                        // keyframe: a fresh cache drops the pending resends.
+                        if let Some(tx) = q.rtc.direct_api().stream_tx_by_mid(out_mid, None) {
+                            tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                        }
+                    }
+                } else if s.shedding {
+                    s.shedding = !backlog.may_restart(estimate);
+                }
+            }
+            // While shedding, nothing is forwarded and no keyframe asked for:
+            // one would only queue behind what is there.
+            if s.shedding {
+                continue;
+            }
             // Layer selection: forward the current layer until a keyframe of
             // the target arrives, then switch (a new segment in the forwarder).
             let Some(target) = s.target else { continue };
@@ -1768,7 +1842,9 @@ impl Worker {
                     need_keyframe = true;
                     continue;
                 }
-                if s.current.is_some() {
+                // A restart after shedding on another layer is a switch too.
+                let from = s.current.or(s.shed_layer.take());
+                if from.is_some_and(|f| f != layer) {
                     self.stats.layer_switches += 1;
                 }
                 s.current = Some(layer);
@@ -1807,15 +1883,11 @@ impl Worker {
                 }
                 Forward::Stale => continue,
             };
-            let configure = !std::mem::replace(&mut s.stream_configured, true);
-            // Each str0m mutation is drained before the next: first bring the
-            // subscriber's clock to now, then write and drain.
-            if q.clock < now {
-                self.advance(now, k);
+            if is_video {
+                s.last_keyframe
+                    .packet(now, starts_keyframe, starts_frame, pkt.payload.len());
             }
-            let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) else {
-                continue;
-            };
+            let configure = !std::mem::replace(&mut s.stream_configured, true);
             let mut api = q.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
@@ -1845,7 +1917,9 @@ impl Worker {
             tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
             self.stats.rtp_forwarded_bytes += pkt.payload.len() as u64;
-            self.drain(k);
+            if !std::mem::replace(&mut q.send_due, true) {
+                self.send_due.push(k);
+            }
         }
         self.scratch = subscribers;
         if need_keyframe {

@@ -105,6 +105,10 @@ fn describe() {
         "Subscriptions switched from one simulcast layer to another"
     );
     describe_counter!(
+        "stamma_video_shed_total",
+        "Times a subscriber's video began shedding frames because its send queue held more than 300 ms"
+    );
+    describe_counter!(
         "stamma_signaling_errors_total",
         "Error signals sent, by code"
     );

@@ -64,5 +64,37 @@ fn forward_batch_of_ten(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward_one_packet, forward_batch_of_ten);
+/// A batch of one packet from each of ten publishers in a room where all
+/// 50 publish video: every subscriber's connection has 49 m-lines, which
+/// str0m walks whenever it polls one (the cost that grows with room size).
+fn forward_batch_in_a_room_of_50(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forward_video_batch_room_of_50");
+    group.sample_size(20);
+    let mut r = SimRoom::new().expect("room");
+    for _ in 0..50 {
+        r.join(true).expect("publisher");
+    }
+    r.settle(Duration::from_secs(120)).expect("settled");
+    for i in 0..10 {
+        r.publish_packet(i, true, 1100);
+    }
+    r.step().expect("step");
+    group.throughput(Throughput::Elements(10 * 49));
+    group.bench_function("10_publishers", |b| {
+        b.iter(|| {
+            for i in 0..10 {
+                r.publish_packet(i, false, 1100);
+            }
+            black_box(r.server_round())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    forward_one_packet,
+    forward_batch_of_ten,
+    forward_batch_in_a_room_of_50
+);
 criterion_main!(benches);

@@ -331,6 +331,10 @@ impl SimRoom {
             }
         }
         self.worker.flush(now);
+        // As the driver does: a timeout that is due runs before the next receive.
+        if self.worker.next_timeout(now) <= now {
+            self.worker.handle_timeout(now);
+        }
         let out = self.worker.outbox();
         let n = out.len();
         out.clear();
