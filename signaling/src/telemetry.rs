@@ -106,7 +106,7 @@ fn describe() {
     );
     describe_counter!(
         "stamma_video_shed_total",
-        "Times a subscriber's video began shedding frames because its send queue held more than 300 ms"
+        "Times a subscriber's video began shedding frames because its send queue held more than 150 ms"
     );
     describe_counter!(
         "stamma_signaling_errors_total",
