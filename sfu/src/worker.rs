@@ -1791,16 +1791,39 @@ impl Worker {
                 continue;
             };
             let Some(out_mid) = s.mid else { continue };
+            // A layer this subscription neither receives nor waits for (the
+            // other simulcast layers) costs nothing more.
+            if s.current != Some(layer) && s.target != Some(layer) {
+                continue;
+            }
+            let out_pt = match s.pt_map {
+                Some((i, o)) if i == in_pt => o,
+                _ => {
+                    let Some(o) = q
+                        .rtc
+                        .codec_config()
+                        .find(|c| c.spec().codec == codec)
+                        .map(|c| c.pt())
+                    else {
+                        continue;
+                    };
+                    s.pt_map = Some((in_pt, o));
+                    o
+                }
+            };
+            // One lookup of the outgoing stream serves the backlog check and
+            // the write (a lookup walks the subscriber's streams).
+            let mut api = q.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
+                continue;
+            };
             // Shedding is decided at frame starts only, so no frame is cut.
             if starts_frame
                 && self.config.allocator
                 && let Some(estimate) = q.bwe_bps
             {
-                let backlog = q
-                    .rtc
-                    .direct_api()
-                    .stream_tx_by_mid(out_mid, None)
-                    .and_then(|tx| tx.queue_info())
+                let backlog = tx
+                    .queue_info()
                     .map(|i| SendBacklog {
                         queued_bytes: i.byte_size() as u64,
                         oldest_wait: i
@@ -1818,9 +1841,7 @@ impl Worker {
                         // Repairs of what came before the restart are useless
                         // to the decoder and would queue ahead of the
                         // keyframe: a fresh cache drops the pending resends.
-                        if let Some(tx) = q.rtc.direct_api().stream_tx_by_mid(out_mid, None) {
-                            tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
-                        }
+                        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
                     }
                 } else if s.shedding {
                     s.shedding = !backlog.may_restart(estimate);
@@ -1850,21 +1871,6 @@ impl Worker {
                 s.current = Some(layer);
                 s.forwarder.restart();
             }
-            let out_pt = match s.pt_map {
-                Some((i, o)) if i == in_pt => o,
-                _ => {
-                    let Some(o) = q
-                        .rtc
-                        .codec_config()
-                        .find(|c| c.spec().codec == codec)
-                        .map(|c| c.pt())
-                    else {
-                        continue;
-                    };
-                    s.pt_map = Some((in_pt, o));
-                    o
-                }
-            };
             let (seq_out, ts_out, patch) = match s.forwarder.forward(
                 now,
                 seq,
@@ -1888,10 +1894,6 @@ impl Worker {
                     .packet(now, starts_keyframe, starts_frame, pkt.payload.len());
             }
             let configure = !std::mem::replace(&mut s.stream_configured, true);
-            let mut api = q.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(out_mid, None) else {
-                continue;
-            };
             let mut write = RtpWrite::new(
                 out_pt,
                 seq_out.into(),
