@@ -97,6 +97,18 @@ impl PeerE2ee {
             plain: Vec::with_capacity(64 * 1024),
         })
     }
+
+    /// `frame` sealed with this sender's audio or video key (into the reused
+    /// buffer); None if it cannot be (too short for its clear prefix).
+    fn seal(&mut self, video: bool, frame: &[u8]) -> Option<&[u8]> {
+        let (enc, codec) = if video {
+            (&mut self.video, E2eeCodec::Vp8)
+        } else {
+            (&mut self.audio, E2eeCodec::Opus)
+        };
+        protect_into(enc, codec, frame, &mut self.sealed).ok()?;
+        Some(&self.sealed)
+    }
 }
 
 impl Shared {
@@ -966,19 +978,10 @@ impl Peer {
             let rtp = MediaTime::new(frame * 960, Frequency::FORTY_EIGHT_KHZ);
             let data = match &mut self.e2ee {
                 None => self.frame_buf.as_slice(),
-                Some(e) => {
-                    if protect_into(
-                        &mut e.audio,
-                        E2eeCodec::Opus,
-                        &self.frame_buf,
-                        &mut e.sealed,
-                    )
-                    .is_err()
-                    {
-                        continue;
-                    }
-                    e.sealed.as_slice()
-                }
+                Some(e) => match e.seal(false, &self.frame_buf) {
+                    Some(sealed) => sealed,
+                    None => continue,
+                },
             };
             if w.audio_level(level, speaking)
                 .write(pt, now, rtp, data)
@@ -1043,19 +1046,10 @@ impl Peer {
                 let rtp = MediaTime::new(tick * 3000, Frequency::NINETY_KHZ);
                 let data = match &mut self.e2ee {
                     None => self.frame_buf.as_slice(),
-                    Some(e) => {
-                        if protect_into(
-                            &mut e.video,
-                            E2eeCodec::Vp8,
-                            &self.frame_buf,
-                            &mut e.sealed,
-                        )
-                        .is_err()
-                        {
-                            continue;
-                        }
-                        e.sealed.as_slice()
-                    }
+                    Some(e) => match e.seal(true, &self.frame_buf) {
+                        Some(sealed) => sealed,
+                        None => continue,
+                    },
                 };
                 if w.write(pt, now, rtp, data).is_ok() {
                     shared.note_sent(

@@ -45,7 +45,7 @@ impl SendBacklog {
             Some(k) => (k.bytes, self.oldest_wait.min(k.age)),
             None => (0, self.oldest_wait),
         };
-        let allowance = LIMIT + drain_time(bytes, estimate_bps);
+        let allowance = LIMIT.saturating_add(drain_time(bytes, estimate_bps));
         drain_time(self.queued_bytes, estimate_bps) > allowance || wait > allowance
     }
 
@@ -75,8 +75,8 @@ pub struct RecentKeyframe {
     pub age: Duration,
 }
 
-/// The latest keyframe forwarded on one subscription: its size counts as
-/// allowed queue for [`KEYFRAME_ALLOWANCE_FOR`].
+/// The latest keyframe of a layer: its size counts as allowed queue for
+/// [`KEYFRAME_ALLOWANCE_FOR`] on every subscription forwarding that layer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LastKeyframe {
     at: Option<Instant>,
@@ -85,7 +85,7 @@ pub struct LastKeyframe {
 }
 
 impl LastKeyframe {
-    /// Account one forwarded packet.
+    /// Account one received packet of the layer.
     pub fn packet(&mut self, now: Instant, starts_keyframe: bool, starts_frame: bool, len: usize) {
         if starts_keyframe {
             *self = LastKeyframe {
@@ -187,6 +187,9 @@ mod tests {
     fn no_estimate_means_any_queue_is_too_much() {
         assert!(backlog(1, Duration::ZERO).over_limit(0, None));
         assert!(!backlog(0, Duration::ZERO).over_limit(0, None));
+        // A keyframe's allowance at a zero estimate is unbounded, not an overflow.
+        assert!(!backlog(1, Duration::ZERO).over_limit(0, keyframe(1, MS)));
+        assert!(!backlog(1, Duration::ZERO).may_restart(0));
     }
 
     #[test]

@@ -5,7 +5,6 @@ use str0m::media::{Mid, Pt};
 
 use crate::demux::ParticipantKey;
 use crate::forwarder::Forwarder;
-use crate::send_backlog::LastKeyframe;
 
 /// Where a subscription is in the subscriber's SDP negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +60,6 @@ pub struct Subscription {
     /// The layer forwarded when shedding began (to count a restart on
     /// another layer as a switch).
     pub shed_layer: Option<usize>,
-    pub last_keyframe: LastKeyframe,
 }
 
 impl Subscription {
@@ -101,7 +99,6 @@ impl Subscription {
             nacks_seen: 0,
             shedding: false,
             shed_layer: None,
-            last_keyframe: LastKeyframe::default(),
         }
     }
 }

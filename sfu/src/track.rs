@@ -7,6 +7,8 @@ use str0m::format::Codec;
 use str0m::media::{Mid, Pt, Rid};
 use str0m::rtp::Ssrc;
 
+use crate::send_backlog::LastKeyframe;
+
 /// Keyframe requests to a publisher are sent at most this often per layer:
 /// many subscribers asking at once must not flood the publisher.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
@@ -96,6 +98,10 @@ pub struct Layer {
     /// A keyframe arrived since the last request: requests refused now are
     /// answered by it (it is already on its way to whoever asked).
     pub keyframe_since_request: bool,
+    /// The latest keyframe's size and arrival, for the send backlog
+    /// allowance: every subscriber forwarding this layer forwarded it too
+    /// (a subscription only starts a layer on a keyframe).
+    pub last_keyframe: LastKeyframe,
 }
 
 impl Layer {
@@ -112,6 +118,7 @@ impl Layer {
             last_keyframe_request: None,
             keyframe_pending: false,
             keyframe_since_request: false,
+            last_keyframe: LastKeyframe::default(),
         }
     }
 

@@ -16,7 +16,7 @@ use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind as RtcKind, Mid, Rid};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, StreamTx, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output};
 use tracing::{debug, info, warn};
 
@@ -1738,6 +1738,11 @@ impl Worker {
             l.keyframe_pending = false;
             l.keyframe_since_request = true;
         }
+        if is_video {
+            l.last_keyframe
+                .packet(now, starts_keyframe, starts_frame, pkt.payload.len());
+        }
+        let recent_keyframe = l.last_keyframe.recent(now);
         // A muted track is not forwarded (nor counted as speaking).
         if track.muted {
             return;
@@ -1831,9 +1836,10 @@ impl Worker {
                             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
                     })
                     .unwrap_or_default();
-                if s.current.is_some() {
-                    let keyframe = s.last_keyframe.recent(now);
-                    if backlog.over_limit(estimate, keyframe) {
+                // Judged on the layer it forwards, whose latest keyframe it
+                // forwarded too.
+                if s.current == Some(layer) {
+                    if backlog.over_limit(estimate, recent_keyframe) {
                         s.shed_layer = s.current.take();
                         s.forwarder.restart();
                         s.shedding = true;
@@ -1841,7 +1847,7 @@ impl Worker {
                         // Repairs of what came before the restart are useless
                         // to the decoder and would queue ahead of the
                         // keyframe: a fresh cache drops the pending resends.
-                        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                        fresh_rtx_cache(tx);
                     }
                 } else if s.shedding {
                     s.shedding = !backlog.may_restart(estimate);
@@ -1854,11 +1860,8 @@ impl Worker {
             }
             // Layer selection: forward the current layer until a keyframe of
             // the target arrives, then switch (a new segment in the forwarder).
-            let Some(target) = s.target else { continue };
+            // Not the current layer means the target (skipped above if not).
             if s.current != Some(layer) {
-                if target != layer {
-                    continue;
-                }
                 if !starts_keyframe {
                     need_keyframe = true;
                     continue;
@@ -1889,10 +1892,6 @@ impl Worker {
                 }
                 Forward::Stale => continue,
             };
-            if is_video {
-                s.last_keyframe
-                    .packet(now, starts_keyframe, starts_frame, pkt.payload.len());
-            }
             let configure = !std::mem::replace(&mut s.stream_configured, true);
             let mut write = RtpWrite::new(
                 out_pt,
@@ -1908,13 +1907,7 @@ impl Worker {
                 write = write.vp8_patch(patch);
             }
             if configure {
-                // str0m stops answering NACKs once retransmissions pass a
-                // share of the stream, and counts probe padding (old packets
-                // resent over RTX) in that share: with probing on, real
-                // repairs were being dropped. Loss on a subscriber's link is
-                // the Allocator's to fix by lowering layers, not by
-                // refusing repairs.
-                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                fresh_rtx_cache(tx);
             }
             tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
@@ -1928,6 +1921,16 @@ impl Worker {
             self.request_keyframe(now, publisher, mid, layer);
         }
     }
+}
+
+/// Our retransmission settings on a subscriber's stream, with an empty cache.
+/// str0m stops answering NACKs once retransmissions pass a share of the
+/// stream, and counts probe padding (old packets resent over RTX) in that
+/// share: with probing on, real repairs were being dropped. Loss on a
+/// subscriber's link is the Allocator's to fix by lowering layers, not by
+/// refusing repairs, so there is no cap.
+fn fresh_rtx_cache(tx: &mut StreamTx) {
+    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
 }
 
 /// What one `subscription` signal changes; None keeps the current value.

@@ -66,13 +66,19 @@ pub fn e2ee_secret(arg: &str) -> Result<String, E2eeSecretError> {
         aws_lc_rs::rand::fill(&mut bytes).map_err(|_| E2eeSecretError::Random)?;
         return Ok(URL_SAFE_NO_PAD.encode(bytes));
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(arg)
-        .map_err(|_| E2eeSecretError::NotBase64Url)?;
-    if bytes.len() != E2EE_SECRET_LEN {
-        return Err(E2eeSecretError::Length(bytes.len()));
-    }
+    e2ee_secret_bytes(arg)?;
     Ok(arg.to_owned())
+}
+
+/// The bytes of a room secret as a link carries it (after `#e2ee=`):
+/// 32 bytes of unpadded base64url.
+pub fn e2ee_secret_bytes(secret: &str) -> Result<[u8; E2EE_SECRET_LEN], E2eeSecretError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(secret)
+        .map_err(|_| E2eeSecretError::NotBase64Url)?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| E2eeSecretError::Length(b.len()))
 }
 
 /// The join URL with the room secret in its fragment (`#e2ee=<secret>`):

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::Engine as _;
+use stamma::links::e2ee_secret_bytes;
 use stamma_client::media::dominant_frequency;
 use stamma_client::signal::rtc_url;
 use stamma_proto::MediaKind;
@@ -42,16 +42,6 @@ struct Args {
     e2ee_secret: Option<[u8; 32]>,
 }
 
-/// A link's room secret: 32 bytes in unpadded base64url.
-fn room_secret(value: &str) -> Result<[u8; 32], String> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(value)
-        .map_err(|_| "--e2ee-secret must be unpadded base64url".to_owned())?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("--e2ee-secret must be 32 bytes, not {}", b.len()))
-}
-
 fn parse_args() -> Result<Args, String> {
     let (mut url, mut room, mut token, mut seconds) = (None, None, None, None);
     let mut e2ee_secret = None;
@@ -62,7 +52,10 @@ fn parse_args() -> Result<Args, String> {
             "--url" => url = Some(value),
             "--room" => room = Some(value),
             "--token" => token = Some(value),
-            "--e2ee-secret" => e2ee_secret = Some(room_secret(&value)?),
+            "--e2ee-secret" => {
+                let bytes = e2ee_secret_bytes(&value).map_err(|e| format!("--e2ee-secret: {e}"))?;
+                e2ee_secret = Some(bytes);
+            }
             "--seconds" => {
                 seconds = Some(
                     value
