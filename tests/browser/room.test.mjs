@@ -143,13 +143,21 @@ try {
   }
 
   step("tiles ask for their size; tiles out of view ask for nothing");
-  const tileSizes = await anna.evaluate(() => [...document.querySelectorAll("#stage .tile.remote video")].map((v) => ({
+  // The page sends a tile's size 250 ms after it settles, and the layout
+  // moves when the active speaker changes: compare once it had the time.
+  const tileSizeOf = () => anna.evaluate(() => [...document.querySelectorAll("#stage .tile.remote video")].map((v) => ({
     id: v.dataset.trackId, w: Math.round(v.clientWidth * devicePixelRatio), h: Math.round(v.clientHeight * devicePixelRatio) })));
-  for (const t of tileSizes) {
+  const mismatch = (tiles) => tiles.map((t) => {
     const asked = anna.subs.filter((m) => m.track_ids.includes(t.id) && m.width).pop();
-    if (!asked || Math.abs(asked.width - t.w) > t.w * 0.2 || Math.abs(asked.height - t.h) > t.h * 0.2) {
-      fail(`tile ${t.id} is ${t.w}x${t.h} but asked for ${JSON.stringify(asked)}`);
-    }
+    const ok = asked && Math.abs(asked.width - t.w) <= t.w * 0.2 && Math.abs(asked.height - t.h) <= t.h * 0.2;
+    return ok ? null : `tile ${t.id} is ${t.w}x${t.h} but asked for ${JSON.stringify(asked)}`;
+  }).filter(Boolean);
+  let tileSizes = await tileSizeOf();
+  const sizesDeadline = Date.now() + 3000;
+  while (mismatch(tileSizes).length) {
+    if (Date.now() > sizesDeadline) fail(mismatch(tileSizes).join("; "));
+    await anna.waitForTimeout(100);
+    tileSizes = await tileSizeOf();
   }
   const before = anna.subs.length;
   // A short window: the second row of tiles scrolls out of view.
