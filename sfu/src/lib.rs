@@ -14,6 +14,7 @@ pub mod driver;
 pub mod event;
 pub mod forwarder;
 pub mod ice_tcp;
+pub mod parked_stream;
 pub mod participant;
 pub mod room;
 pub mod send_backlog;

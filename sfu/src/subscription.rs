@@ -1,10 +1,13 @@
 //! One participant receiving one track.
 
+use std::time::Instant;
+
 use stamma_proto::{MediaKind, VideoQuality};
 use str0m::media::{Mid, Pt};
 
 use crate::demux::ParticipantKey;
 use crate::forwarder::Forwarder;
+use crate::parked_stream::ParkedStream;
 
 /// Where a subscription is in the subscriber's SDP negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,11 @@ pub struct Subscription {
     /// The layer forwarded when shedding began (to count a restart on
     /// another layer as a switch).
     pub shed_layer: Option<usize>,
+    /// The outgoing stream, while taken out of str0m for idleness.
+    pub parked: Option<ParkedStream>,
+    /// When a packet was last written to the outgoing stream (or the stream
+    /// was restored, or first looked at idle).
+    pub last_sent: Option<Instant>,
 }
 
 impl Subscription {
@@ -99,6 +107,8 @@ impl Subscription {
             nacks_seen: 0,
             shedding: false,
             shed_layer: None,
+            parked: None,
+            last_sent: None,
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::config::SfuConfig;
 use crate::demux::{Demux, ParticipantKey};
 use crate::event::MediaEvent;
 use crate::forwarder::Forward;
+use crate::parked_stream::{park_idle, restore_all};
 use crate::participant::{Participant, PendingOffer};
 use crate::room::Room;
 use crate::send_backlog::SendBacklog;
@@ -53,6 +54,8 @@ const MAX_SUBSCRIPTION_TRACKS: usize = 256;
 /// Period of the worker's tick: speaker detection, allocation of
 /// subscribers whose inputs changed, dynacast, owed keyframe requests.
 const TICK: Duration = Duration::from_millis(100);
+/// How often idle outgoing streams are looked for.
+const PARK_CHECK: Duration = Duration::from_secs(1);
 /// Every subscriber is allocated again at least this often, because layer
 /// rates drift even when nothing else changes.
 const PERIODIC_ALLOCATION: Duration = Duration::from_millis(500);
@@ -97,6 +100,10 @@ pub struct WorkerStats {
     /// Times a subscription started shedding video frames because its send
     /// queue was over the limit (`send_backlog`).
     pub frames_shed: u64,
+    /// Idle outgoing streams taken out of str0m, and put back on a packet
+    /// (`parked_stream`).
+    pub streams_parked: u64,
+    pub streams_restored: u64,
     pub participants_joined: u64,
     pub participants_left: u64,
     /// Room/participant/track events dropped because their channel was full.
@@ -139,6 +146,7 @@ pub struct Worker {
     /// Downlink estimates (bps) seen by the Allocator since the driver last read them.
     bwe_samples: Vec<u64>,
     next_tick: Instant,
+    next_park_check: Instant,
     next_periodic_allocation: Instant,
     // Scratch space of the tick, reused so it allocates nothing steady-state.
     demands: Vec<Demand>,
@@ -176,6 +184,7 @@ impl Worker {
             stats: WorkerStats::default(),
             bwe_samples: Vec::new(),
             next_tick: Instant::now(),
+            next_park_check: Instant::now(),
             next_periodic_allocation: Instant::now(),
             demands: Vec::new(),
             demand_slots: Vec::new(),
@@ -799,6 +808,7 @@ impl Worker {
             }
         }
         p.announced = tracks;
+        restore_all(&mut p.rtc, &mut p.subscriptions);
         let result = catch_unwind(AssertUnwindSafe(|| p.rtc.sdp_api().accept_offer(offer)));
         let answer = match result {
             Ok(Ok(a)) => a,
@@ -851,6 +861,8 @@ impl Worker {
                 return;
             }
         };
+        // Nothing is parked while an offer is out; this is belt and braces.
+        restore_all(&mut p.rtc, &mut p.subscriptions);
         let result = catch_unwind(AssertUnwindSafe(|| {
             p.rtc.sdp_api().accept_answer(pending.offer, answer)
         }));
@@ -902,6 +914,7 @@ impl Worker {
         if p.pending_offer.is_some() || !p.needs_offer() {
             return;
         }
+        restore_all(&mut p.rtc, &mut p.subscriptions);
         let mut api = p.rtc.sdp_api();
         for s in &mut p.subscriptions {
             match s.state {
@@ -1057,6 +1070,10 @@ impl Worker {
             }
         }
         self.dynacast(now);
+        if now >= self.next_park_check {
+            self.next_park_check = now + PARK_CHECK;
+            self.park_idle_streams(now);
+        }
         // Keyframe requests the throttle held back.
         let mut owed = std::mem::take(&mut self.layer_scratch);
         owed.clear();
@@ -1074,6 +1091,19 @@ impl Worker {
             self.request_keyframe(now, key, mid, layer);
         }
         self.layer_scratch = owed;
+    }
+
+    /// Take idle outgoing streams out of str0m (see `parked_stream`). Not
+    /// while an offer is out: str0m would answer a missing stream with a new
+    /// one.
+    fn park_idle_streams(&mut self, now: Instant) {
+        for p in self.participants.iter_mut().flatten() {
+            if !p.connected || p.pending_offer.is_some() {
+                continue;
+            }
+            let parked = park_idle(&mut p.rtc, &mut p.subscriptions, now);
+            self.stats.streams_parked += parked as u64;
+        }
     }
 
     fn update_speakers(&mut self, now: Instant) {
@@ -1816,6 +1846,13 @@ impl Worker {
                     o
                 }
             };
+            s.last_sent = Some(now);
+            if let Some(parked) = s.parked.take() {
+                parked.restore(&mut q.rtc, out_mid);
+                // The restored stream has str0m's default retransmission cache.
+                s.stream_configured = false;
+                self.stats.streams_restored += 1;
+            }
             // One lookup of the outgoing stream serves the backlog check and
             // the write (a lookup walks the subscriber's streams).
             let mut api = q.rtc.direct_api();

@@ -109,6 +109,14 @@ fn describe() {
         "Times a subscriber's video began shedding frames because its send queue held more than 150 ms"
     );
     describe_counter!(
+        "stamma_streams_parked_total",
+        "Outgoing streams taken out of the media stack after 2 s with nothing to send"
+    );
+    describe_counter!(
+        "stamma_streams_restored_total",
+        "Parked outgoing streams put back because a packet was forwarded on them"
+    );
+    describe_counter!(
         "stamma_signaling_errors_total",
         "Error signals sent, by code"
     );
