@@ -12,7 +12,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::config::DtlsCert;
 use str0m::media::Mid;
 use str0m::net::TcpType;
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{Candidate, IceCreds, Reason, Rtc};
 use tokio::sync::mpsc;
 
 use crate::command::{JoinRequest, ToParticipant};
@@ -74,6 +74,13 @@ pub struct Participant {
     /// RTP was written to this subscriber's streams and is not sent yet:
     /// `Worker::settle` sends it all with one clock step and one drain.
     pub send_due: bool,
+    /// Packets written for the pending send, and whether any was video.
+    pub written: u32,
+    pub wrote_video: bool,
+    /// Why str0m wants `next_timeout`.
+    pub timeout_reason: Reason,
+    /// RTP datagrams this connection has sent.
+    pub rtp_sent: u64,
 }
 
 impl Participant {
@@ -151,6 +158,10 @@ impl Participant {
             bwe_desired: 0,
             next_probe: now,
             send_due: false,
+            written: 0,
+            wrote_video: false,
+            timeout_reason: Reason::NotHappening,
+            rtp_sent: 0,
         })
     }
 

@@ -17,7 +17,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind as RtcKind, Mid, Rid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, StreamTx, Vp8Descriptor};
-use str0m::{Event, IceConnectionState, Input, Output};
+use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 use tracing::{debug, info, warn};
 
 use crate::allocator::{Allocation, Demand, Priority, allocate, max_layer};
@@ -104,6 +104,9 @@ pub struct WorkerStats {
     /// (`parked_stream`).
     pub streams_parked: u64,
     pub streams_restored: u64,
+    /// Pacer gate timeouts after audio sends left to str0m's next own
+    /// deadline (see `Worker::send_written`).
+    pub gate_timeouts_deferred: u64,
     pub participants_joined: u64,
     pub participants_left: u64,
     /// Room/participant/track events dropped because their channel was full.
@@ -1432,17 +1435,56 @@ impl Worker {
                 continue;
             };
             p.send_due = false;
+            let written = u64::from(std::mem::take(&mut p.written));
+            let audio_only = !std::mem::take(&mut p.wrote_video);
+            // str0m's own next deadline before these packets (not a pacer
+            // one: those move with what is queued).
+            let deadline = p.next_timeout.filter(
+                |_| !matches!(p.timeout_reason, Reason::Pacer(r) if r != PacerReason::Handle),
+            );
+            let sent_before = p.rtp_sent;
             p.clock = p.clock.max(now);
             let at = p.clock;
-            match catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(Input::Timeout(at)))) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(participant = %p.id, error = %e, "timeout handling failed"),
-                Err(_) => {
-                    self.panicked(key);
-                    continue;
+            // str0m's pacer sends one packet per timeout and then asks for an
+            // immediate one ("Immediate") before the next: every round here
+            // sends one of what was written.
+            for _ in 0..written.max(1) {
+                let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut()) else {
+                    break;
+                };
+                match catch_unwind(AssertUnwindSafe(|| p.rtc.handle_input(Input::Timeout(at)))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        debug!(participant = %p.id, error = %e, "timeout handling failed")
+                    }
+                    Err(_) => {
+                        self.panicked(key);
+                        break;
+                    }
+                }
+                self.drain(key);
+                let Some(p) = self.participants.get_mut(key).and_then(|p| p.as_mut()) else {
+                    break;
+                };
+                // (str0m schedules it a microsecond after `at`.)
+                if p.timeout_reason != Reason::Pacer(PacerReason::Immediate) {
+                    break;
+                }
+                if p.rtp_sent - sent_before >= written {
+                    // All of it is out, and the pacer only wants a timeout to
+                    // reopen its gate: one full walk of the connection's
+                    // streams for nothing. Audio is not paced, so nothing
+                    // waits on that gate but str0m's other timers, whose
+                    // deadline we had; the next packet written or received
+                    // reopens it anyway. After video the pacer may have more
+                    // queued, so it gets its immediate timeout.
+                    if audio_only && let Some(d) = deadline.filter(|d| *d > at) {
+                        p.next_timeout = Some(d);
+                        self.stats.gate_timeouts_deferred += 1;
+                    }
+                    break;
                 }
             }
-            self.drain(key);
         }
         due.clear();
         self.send_due = due;
@@ -1497,12 +1539,18 @@ impl Worker {
             match out {
                 Output::Timeout(t) => {
                     p.next_timeout = Some(t);
+                    p.timeout_reason = p.rtc.last_timeout_reason();
                     if self.earliest.is_none_or(|e| t < e) {
                         self.earliest = Some(t);
                     }
                     return;
                 }
-                Output::Transmit(t) => self.outbox.push(t),
+                Output::Transmit(t) => {
+                    if is_rtp(&t.contents) {
+                        p.rtp_sent += 1;
+                    }
+                    self.outbox.push(t)
+                }
                 Output::Event(e) => self.events.push_back((key, e)),
             }
         }
@@ -1949,6 +1997,8 @@ impl Worker {
             tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
             self.stats.rtp_forwarded_bytes += pkt.payload.len() as u64;
+            q.written += 1;
+            q.wrote_video |= is_video;
             if !std::mem::replace(&mut q.send_due, true) {
                 self.send_due.push(k);
             }
@@ -1958,6 +2008,12 @@ impl Worker {
             self.request_keyframe(now, publisher, mid, layer);
         }
     }
+}
+
+/// An SRTP packet (not SRTCP, DTLS or STUN): RTP version 2, and a second
+/// byte outside RTCP's packet types (RFC 5761).
+fn is_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1])
 }
 
 /// Our retransmission settings on a subscriber's stream, with an empty cache.

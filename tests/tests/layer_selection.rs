@@ -285,3 +285,59 @@ fn paused_stream_is_parked_and_resumes_as_the_same_stream() -> anyhow::Result<()
     assert_eq!(rx.timestamp_regressions(), 0);
     Ok(())
 }
+
+/// After an audio packet str0m's pacer asks for an immediate timeout only to
+/// reopen its gate; the worker leaves that to str0m's next own deadline
+/// (`Worker::send_written`). Audio still arrives every 20 ms, and the
+/// estimate, which needs every send time and feedback, still lifts the
+/// subscriber to the top layer.
+#[test]
+fn audio_sends_skip_the_pacer_gate_timeout_without_delaying_anything() -> anyhow::Result<()> {
+    use stamma_proto::MediaKind as WireKind;
+
+    let mut sim = NetSim::new(NetSim::config())?;
+    sim.add_publisher(
+        Publish::video(Video::Simulcast).with_audio(),
+        Links::symmetric(5_000),
+    )?;
+    sim.add_subscriber(Links::symmetric(5_000))?;
+    sim.set_speaking(0, Some(-30));
+    sim.settle(10 * SECOND)?;
+    sim.run_to(10 * SECOND)?;
+    let deferred = sim.worker().stats().gate_timeouts_deferred;
+    assert!(deferred > 100, "gate timeouts deferred: {deferred}");
+    let audio = sim
+        .peer(1)
+        .rx
+        .iter()
+        .find(|t| t.kind == Some(WireKind::Audio))
+        .expect("an audio track");
+    let from = 5 * SECOND;
+    let arrivals: Vec<Duration> = audio
+        .packets
+        .iter()
+        .map(|p| p.at)
+        .filter(|at| *at >= from)
+        .collect();
+    assert!(
+        arrivals.len() >= 240,
+        "{} audio packets in 5 s",
+        arrivals.len()
+    );
+    let worst_gap = arrivals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        worst_gap <= Duration::from_millis(45),
+        "audio gap {worst_gap:?}"
+    );
+    let track = sim.video_track_id(0).expect("a video track id");
+    let layer = sim
+        .peer(1)
+        .rx_track(&track)
+        .and_then(|t| t.layer_at(sim.now()));
+    assert_eq!(layer, Some(2), "5 Mbit/s carries the top layer");
+    Ok(())
+}
