@@ -74,6 +74,10 @@ pub struct Participant {
     /// RTP was written to this subscriber's streams and is not sent yet:
     /// `Worker::settle` sends it all with one clock step and one drain.
     pub send_due: bool,
+    /// When the last server offer went out, and whether one waits for
+    /// `OFFER_COALESCE` to pass.
+    pub last_offer_at: Option<Instant>,
+    pub offer_waiting: bool,
     /// Packets written for the pending send, and whether any was video.
     pub written: u32,
     pub wrote_video: bool,
@@ -158,6 +162,8 @@ impl Participant {
             bwe_desired: 0,
             next_probe: now,
             send_due: false,
+            last_offer_at: None,
+            offer_waiting: false,
             written: 0,
             wrote_video: false,
             timeout_reason: Reason::NotHappening,

@@ -54,6 +54,8 @@ const MAX_SUBSCRIPTION_TRACKS: usize = 256;
 /// Period of the worker's tick: speaker detection, allocation of
 /// subscribers whose inputs changed, dynacast, owed keyframe requests.
 const TICK: Duration = Duration::from_millis(100);
+/// The shortest time between two server offers to one participant.
+const OFFER_COALESCE: Duration = Duration::from_millis(500);
 /// How often idle outgoing streams are looked for.
 const PARK_CHECK: Duration = Duration::from_secs(1);
 /// Every subscriber is allocated again at least this often, because layer
@@ -150,6 +152,8 @@ pub struct Worker {
     bwe_samples: Vec<u64>,
     next_tick: Instant,
     next_park_check: Instant,
+    /// Some participant has `offer_waiting`.
+    offers_waiting: bool,
     next_periodic_allocation: Instant,
     // Scratch space of the tick, reused so it allocates nothing steady-state.
     demands: Vec<Demand>,
@@ -188,6 +192,7 @@ impl Worker {
             bwe_samples: Vec::new(),
             next_tick: Instant::now(),
             next_park_check: Instant::now(),
+            offers_waiting: false,
             next_periodic_allocation: Instant::now(),
             demands: Vec::new(),
             demand_slots: Vec::new(),
@@ -521,7 +526,7 @@ impl Worker {
         });
         // Drain the new Rtc (candidate added) before its first offer.
         self.drain(key);
-        self.maybe_offer(key);
+        self.maybe_offer(now, key);
     }
 
     /// Report an event outside the media plane (never waits; counts drops).
@@ -836,7 +841,7 @@ impl Worker {
             sdp: answer.to_sdp_string(),
             tracks,
         });
-        self.maybe_offer(key);
+        self.maybe_offer(now, key);
     }
 
     fn client_answer(&mut self, now: Instant, key: ParticipantKey, id: u64, sdp: &str) {
@@ -908,15 +913,51 @@ impl Worker {
         for (publisher, mid, layer) in newly_active {
             self.request_keyframe(now, publisher, mid, layer);
         }
-        self.maybe_offer(key);
+        self.maybe_offer(now, key);
+    }
+
+    /// Subscriptions of `key` changed: offer them when the worker settles.
+    fn want_offer(&mut self, key: ParticipantKey) {
+        if let Some(p) = self.get(key) {
+            p.offer_waiting = true;
+            self.offers_waiting = true;
+        }
+    }
+
+    /// Send the offers that waited (see [`Worker::maybe_offer`]).
+    fn send_waiting_offers(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.offers_waiting) {
+            return;
+        }
+        for key in 0..self.participants.len() {
+            if self.participants[key]
+                .as_ref()
+                .is_some_and(|p| p.offer_waiting)
+            {
+                self.maybe_offer(now, key);
+            }
+        }
     }
 
     /// Send a server offer if subscriptions changed and none is in flight.
-    fn maybe_offer(&mut self, key: ParticipantKey) {
+    /// At most one per [`OFFER_COALESCE`]: when many join at once, each
+    /// member gets one renegotiation for several of them (a member's SDP
+    /// grows with the room, and both ends parse all of it each time); the
+    /// tick sends what waited.
+    fn maybe_offer(&mut self, now: Instant, key: ParticipantKey) {
         let Some(p) = self.get(key) else { return };
         if p.pending_offer.is_some() || !p.needs_offer() {
             return;
         }
+        if p.last_offer_at
+            .is_some_and(|t| now.saturating_duration_since(t) < OFFER_COALESCE)
+        {
+            p.offer_waiting = true;
+            self.offers_waiting = true;
+            return;
+        }
+        p.offer_waiting = false;
+        p.last_offer_at = Some(now);
         restore_all(&mut p.rtc, &mut p.subscriptions);
         let mut api = p.rtc.sdp_api();
         for s in &mut p.subscriptions {
@@ -990,7 +1031,7 @@ impl Worker {
                 track_id: track_id.to_owned(),
                 participant_id: publisher_id.to_owned(),
             });
-            self.maybe_offer(k);
+            self.want_offer(k);
         }
     }
 
@@ -1050,7 +1091,7 @@ impl Worker {
                     ));
                 }
             }
-            self.maybe_offer(k);
+            self.want_offer(k);
         }
     }
 
@@ -1416,6 +1457,7 @@ impl Worker {
             }
             self.remove(key, &why);
         }
+        self.send_waiting_offers(now);
     }
 
     /// Send what `forward_rtp` wrote. str0m sends a written packet only

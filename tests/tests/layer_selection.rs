@@ -8,6 +8,7 @@ use stamma_proto::ServerSignal;
 use stamma_tests::netsim::{LinkConfig, Links, NetSim, Publish, Video};
 
 const SECOND: Duration = Duration::from_secs(1);
+const MILLI: Duration = Duration::from_millis(1);
 
 /// A subscriber whose downlink drops from 2.5 Mbit/s to 300 kbit/s leaves
 /// the top layers for the low one, keeps what the server sends under the
@@ -339,5 +340,53 @@ fn audio_sends_skip_the_pacer_gate_timeout_without_delaying_anything() -> anyhow
         .rx_track(&track)
         .and_then(|t| t.layer_at(sim.now()));
     assert_eq!(layer, Some(2), "5 Mbit/s carries the top layer");
+    Ok(())
+}
+
+/// Five publishers joining within half a second reach an existing member in
+/// at most two server offers (one at once, the rest coalesced: a member's
+/// SDP grows with the room and both ends parse all of it each time), and
+/// their video still reaches it soon after.
+#[test]
+fn joins_at_once_are_offered_together() -> anyhow::Result<()> {
+    let mut sim = NetSim::new(NetSim::config())?;
+    sim.add_publisher(Publish::video(Video::Single), Links::symmetric(5_000))?;
+    let member = sim.add_subscriber(Links::symmetric(10_000))?;
+    sim.settle(10 * SECOND)?;
+    sim.run_to(3 * SECOND)?;
+    let offers = |sim: &NetSim| {
+        sim.peer(member)
+            .signals_where(|s| matches!(s, ServerSignal::Offer { .. }))
+            .count()
+    };
+    let before = offers(&sim);
+    let joined = sim.now();
+    let mut publishers = Vec::new();
+    for _ in 0..5 {
+        publishers.push(sim.add_publisher(Publish::video(Video::Single), Links::symmetric(5_000))?);
+        sim.run_for(Duration::from_millis(100))?;
+    }
+    let last_joined = sim.now();
+    let all = sim.run_until(
+        |s| {
+            publishers.iter().all(|&p| {
+                s.video_track_id(p)
+                    .and_then(|t| s.peer(member).rx_track(&t).map(|r| !r.frames.is_empty()))
+                    .unwrap_or(false)
+            })
+        },
+        5 * SECOND,
+    )?;
+    let took = all - last_joined;
+    let new_offers = offers(&sim) - before;
+    eprintln!(
+        "{new_offers} offers for five joins in {:?}; all five videos {took:?} after the last",
+        last_joined - joined
+    );
+    assert!(new_offers <= 2, "{new_offers} offers for five joins");
+    assert!(
+        took <= 1500 * MILLI,
+        "all five videos only {took:?} after the last join"
+    );
     Ok(())
 }
