@@ -3,7 +3,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -117,7 +116,8 @@ pub async fn spawn(bin: &Path, opts: &SpawnOptions) -> anyhow::Result<SpawnedSer
             "RUST_LOG",
             std::env::var("STAMMA_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::null())
+        // The server logs to stdout (tracing's default) and panics to stderr.
+        .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
