@@ -152,8 +152,9 @@ pub struct Worker {
     bwe_samples: Vec<u64>,
     next_tick: Instant,
     next_park_check: Instant,
-    /// Some participant has `offer_waiting`.
-    offers_waiting: bool,
+    /// A participant's subscriptions changed since the last settle
+    /// (`want_offer`).
+    offers_due: bool,
     next_periodic_allocation: Instant,
     // Scratch space of the tick, reused so it allocates nothing steady-state.
     demands: Vec<Demand>,
@@ -192,7 +193,7 @@ impl Worker {
             bwe_samples: Vec::new(),
             next_tick: Instant::now(),
             next_park_check: Instant::now(),
-            offers_waiting: false,
+            offers_due: false,
             next_periodic_allocation: Instant::now(),
             demands: Vec::new(),
             demand_slots: Vec::new(),
@@ -920,15 +921,13 @@ impl Worker {
     fn want_offer(&mut self, key: ParticipantKey) {
         if let Some(p) = self.get(key) {
             p.offer_waiting = true;
-            self.offers_waiting = true;
+            self.offers_due = true;
         }
     }
 
-    /// Send the offers that waited (see [`Worker::maybe_offer`]).
+    /// Send the offers that wait (see [`Worker::maybe_offer`]); those still
+    /// inside [`OFFER_COALESCE`] wait on, for the tick to try again.
     fn send_waiting_offers(&mut self, now: Instant) {
-        if !std::mem::take(&mut self.offers_waiting) {
-            return;
-        }
         for key in 0..self.participants.len() {
             if self.participants[key]
                 .as_ref()
@@ -946,14 +945,18 @@ impl Worker {
     /// tick sends what waited.
     fn maybe_offer(&mut self, now: Instant, key: ParticipantKey) {
         let Some(p) = self.get(key) else { return };
-        if p.pending_offer.is_some() || !p.needs_offer() {
+        if !p.needs_offer() {
+            p.offer_waiting = false;
+            return;
+        }
+        // The answer to the one in flight tries again.
+        if p.pending_offer.is_some() {
             return;
         }
         if p.last_offer_at
             .is_some_and(|t| now.saturating_duration_since(t) < OFFER_COALESCE)
         {
             p.offer_waiting = true;
-            self.offers_waiting = true;
             return;
         }
         p.offer_waiting = false;
@@ -1114,6 +1117,7 @@ impl Worker {
             }
         }
         self.dynacast(now);
+        self.send_waiting_offers(now);
         if now >= self.next_park_check {
             self.next_park_check = now + PARK_CHECK;
             self.park_idle_streams(now);
@@ -1457,7 +1461,9 @@ impl Worker {
             }
             self.remove(key, &why);
         }
-        self.send_waiting_offers(now);
+        if std::mem::take(&mut self.offers_due) {
+            self.send_waiting_offers(now);
+        }
     }
 
     /// Send what `forward_rtp` wrote. str0m sends a written packet only
