@@ -79,7 +79,8 @@ enum LinkCmd {
         /// End-to-end encryption: put this room secret (32 bytes, unpadded
         /// base64url) in the link's fragment, or `new` for a fresh one. Give
         /// every link of the meeting the same secret.
-        #[arg(long, value_name = "SECRET|new")]
+        /// (A base64url secret may begin with '-': it is taken as the value.)
+        #[arg(long, value_name = "SECRET|new", allow_hyphen_values = true)]
         e2ee_secret: Option<String>,
     },
 }

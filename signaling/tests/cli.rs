@@ -327,3 +327,18 @@ fn link_create_takes_key_and_public_url_from_the_config() {
     assert_eq!(g.iss, KEY);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A base64url room secret can begin with '-' (one in 64): `link create`
+/// takes it as the value, not as an unknown flag.
+#[test]
+fn link_create_takes_an_e2ee_secret_that_begins_with_a_hyphen() {
+    let secret = format!("-{}", "A".repeat(42));
+    let out = link_create(&["--room", "r", "--e2ee-secret", &secret]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap();
+    assert!(url.trim().ends_with(&format!("#e2ee={secret}")), "{url}");
+}
