@@ -527,7 +527,7 @@ impl Worker {
         });
         // Drain the new Rtc (candidate added) before its first offer.
         self.drain(key);
-        self.maybe_offer(now, key);
+        self.offer_now(now, key);
     }
 
     /// Report an event outside the media plane (never waits; counts drops).
@@ -842,7 +842,7 @@ impl Worker {
             sdp: answer.to_sdp_string(),
             tracks,
         });
-        self.maybe_offer(now, key);
+        self.offer_now(now, key);
     }
 
     fn client_answer(&mut self, now: Instant, key: ParticipantKey, id: u64, sdp: &str) {
@@ -944,6 +944,18 @@ impl Worker {
     /// grows with the room, and both ends parse all of it each time); the
     /// tick sends what waited.
     fn maybe_offer(&mut self, now: Instant, key: ParticipantKey) {
+        self.offer(now, key, true);
+    }
+
+    /// Send a server offer now if one is needed, without waiting out
+    /// [`OFFER_COALESCE`]: after a participant's own join or offer. The
+    /// page answered its own offer just before and expects ours right
+    /// after; one arriving later can meet its next local offer half made.
+    fn offer_now(&mut self, now: Instant, key: ParticipantKey) {
+        self.offer(now, key, false);
+    }
+
+    fn offer(&mut self, now: Instant, key: ParticipantKey, coalesce: bool) {
         let Some(p) = self.get(key) else { return };
         if !p.needs_offer() {
             p.offer_waiting = false;
@@ -953,8 +965,9 @@ impl Worker {
         if p.pending_offer.is_some() {
             return;
         }
-        if p.last_offer_at
-            .is_some_and(|t| now.saturating_duration_since(t) < OFFER_COALESCE)
+        if coalesce
+            && p.last_offer_at
+                .is_some_and(|t| now.saturating_duration_since(t) < OFFER_COALESCE)
         {
             p.offer_waiting = true;
             return;
