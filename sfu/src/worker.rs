@@ -54,8 +54,10 @@ const MAX_SUBSCRIPTION_TRACKS: usize = 256;
 /// Period of the worker's tick: speaker detection, allocation of
 /// subscribers whose inputs changed, dynacast, owed keyframe requests.
 const TICK: Duration = Duration::from_millis(100);
-/// The shortest time between two server offers to one participant.
+/// The shortest time between two server offers to one participant, in
+/// rooms of at least [`COALESCE_FROM`] participants.
 const OFFER_COALESCE: Duration = Duration::from_millis(500);
+const COALESCE_FROM: usize = 8;
 /// How often idle outgoing streams are looked for.
 const PARK_CHECK: Duration = Duration::from_secs(1);
 /// Every subscriber is allocated again at least this often, because layer
@@ -956,6 +958,12 @@ impl Worker {
     }
 
     fn offer(&mut self, now: Instant, key: ParticipantKey, coalesce: bool) {
+        // Small rooms renegotiate little and want changes at once.
+        let coalesce = coalesce
+            && self.participants[key]
+                .as_ref()
+                .and_then(|p| self.rooms.get(&p.room))
+                .is_some_and(|r| r.participants.len() >= COALESCE_FROM);
         let Some(p) = self.get(key) else { return };
         if !p.needs_offer() {
             p.offer_waiting = false;

@@ -343,14 +343,17 @@ fn audio_sends_skip_the_pacer_gate_timeout_without_delaying_anything() -> anyhow
     Ok(())
 }
 
-/// Five publishers joining within half a second reach an existing member in
-/// at most two server offers (one at once, the rest coalesced: a member's
+/// Five publishers joining a room of seven within half a second reach an
+/// existing member in at most two server offers (one at once, the rest coalesced: a member's
 /// SDP grows with the room and both ends parse all of it each time), and
 /// their video still reaches it soon after.
 #[test]
 fn joins_at_once_are_offered_together() -> anyhow::Result<()> {
     let mut sim = NetSim::new(NetSim::config())?;
-    sim.add_publisher(Publish::video(Video::Single), Links::symmetric(5_000))?;
+    // Offers are coalesced in rooms of 8 or more: this one has 7 before the joins.
+    for _ in 0..6 {
+        sim.add_publisher(Publish::video(Video::Single), Links::symmetric(5_000))?;
+    }
     let member = sim.add_subscriber(Links::symmetric(10_000))?;
     sim.settle(10 * SECOND)?;
     sim.run_to(3 * SECOND)?;
