@@ -48,6 +48,7 @@ pub struct Forwarder {
     /// Whether any packet was ever sent (the first segment keeps the
     /// publisher's timestamps and picture ids as they are).
     ever_sent: bool,
+    /// outgoing = incoming - offset, wrapping.
     seq_offset: u64,
     /// The publisher's sequence number that started the current segment:
     /// anything older belongs to before it and would collide.
@@ -138,10 +139,14 @@ impl Forwarder {
                 }
             }
         }
-        if seq < self.segment_start || seq <= self.seq_offset {
+        if seq < self.segment_start {
             return Forward::Stale;
         }
-        let out = seq - self.seq_offset;
+        // Wrapping: a layer's publisher numbering may be below what this
+        // subscriber has already been sent (str0m starts each stream at a
+        // random number), and then the offset is "negative". From the
+        // segment's start on, `out` is at least `last_seq + 1`.
+        let out = seq.wrapping_sub(self.seq_offset);
         let out_ts = timestamp.wrapping_sub(self.ts_offset);
         if out > self.last_seq {
             self.last_seq = out;
@@ -263,6 +268,23 @@ mod tests {
         );
         // Packets of the old layer (or reordered ones from before the switch) are stale.
         assert_eq!(f.forward(t3, 90_000, 777, false, None), Forward::Stale);
+    }
+
+    /// str0m numbers each layer from a random start: the layer switched to
+    /// may be numbered below what the subscriber was already sent.
+    #[test]
+    fn a_switch_to_a_layer_numbered_below_the_output_still_forwards() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000);
+        assert_eq!(sent(f.forward(t0, 60_000, 1000, true, None)).0, 1);
+        for i in 1..500u64 {
+            assert_eq!(sent(f.forward(t0, 60_000 + i, 1000, false, None)).0, i + 1);
+        }
+        f.restart();
+        assert_eq!(sent(f.forward(t0, 42, 5, true, None)).0, 501);
+        assert_eq!(sent(f.forward(t0, 43, 5, false, None)).0, 502);
+        assert_eq!(sent(f.forward(t0, 45, 5, false, None)).0, 504);
+        assert_eq!(f.forward(t0, 41, 5, false, None), Forward::Stale);
     }
 
     #[test]
