@@ -241,6 +241,9 @@ async fn session(
     run.peer = Some(peer);
     let peer = run.peer.as_ref().ok_or_else(|| anyhow!("no peer"))?;
     let mut pending = false;
+    // The server sends an offer unanswered for 3 s again, unchanged (same
+    // id): under load our answer may be on its way, so a copy is ignored.
+    let mut answered: Option<u64> = None;
     // The m-line of our camera: `publish_layers` names it, and it is known
     // before the server has told us the track's id.
     let mut own_video_mid: Option<String> = None;
@@ -306,9 +309,10 @@ async fn session(
                 match s {
                     ServerSignal::Offer { id, sdp, tracks } => {
                         // Our own offer wins; the server offers again after it.
-                        if pending {
+                        if pending || answered.is_some_and(|a| id <= a) {
                             continue;
                         }
+                        answered = Some(id);
                         let keys = tracks
                             .iter()
                             .filter_map(|t| {

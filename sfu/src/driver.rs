@@ -213,6 +213,7 @@ struct Exported {
     frames_shed: Counter,
     streams_parked: Counter,
     streams_restored: Counter,
+    offers_resent: Counter,
     joined: Counter,
     left: Counter,
     bandwidth_estimate: Histogram,
@@ -240,6 +241,7 @@ impl Exported {
             frames_shed: metrics::counter!("stamma_video_shed_total"),
             streams_parked: metrics::counter!("stamma_streams_parked_total"),
             streams_restored: metrics::counter!("stamma_streams_restored_total"),
+            offers_resent: metrics::counter!("stamma_offers_resent_total"),
             joined: metrics::counter!("stamma_participants_joined_total"),
             left: metrics::counter!("stamma_participants_left_total"),
             bandwidth_estimate: metrics::histogram!("stamma_bandwidth_estimate_bps"),
@@ -278,6 +280,7 @@ impl Exported {
                 s.streams_restored,
                 l.streams_restored,
             ),
+            (&self.offers_resent, s.offers_resent, l.offers_resent),
             (&self.joined, s.participants_joined, l.participants_joined),
             (&self.left, s.participants_left, l.participants_left),
         ];

@@ -26,6 +26,10 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 pub struct PendingOffer {
     pub id: u64,
     pub offer: SdpPendingOffer,
+    /// The signal as sent, to send again if no answer comes.
+    pub signal: ServerSignal,
+    pub sent_at: Instant,
+    pub resends: u32,
 }
 
 pub struct Participant {

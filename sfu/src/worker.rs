@@ -58,6 +58,16 @@ const TICK: Duration = Duration::from_millis(100);
 /// rooms of at least [`COALESCE_FROM`] participants.
 const OFFER_COALESCE: Duration = Duration::from_millis(500);
 const COALESCE_FROM: usize = 8;
+/// A server offer unanswered this long is sent again, unchanged and with
+/// the same id: a client that lost it (a page that dropped it while making
+/// its own offer) answers the copy, and one that was only slow answers the
+/// first and ignores the copy. Rolling the offer back instead would break a
+/// slow client that applied it. Until an answer (or the client's own
+/// offer) comes nothing else can be offered to it, so without this one lost
+/// signal froze its subscriptions for the rest of the session.
+const OFFER_RESEND: Duration = Duration::from_secs(3);
+/// After this many copies the client is left to its own devices (logged).
+const OFFER_RESENDS: u32 = 3;
 /// How often idle outgoing streams are looked for.
 const PARK_CHECK: Duration = Duration::from_secs(1);
 /// Every subscriber is allocated again at least this often, because layer
@@ -111,6 +121,8 @@ pub struct WorkerStats {
     /// Pacer gate timeouts after audio sends left to str0m's next own
     /// deadline (see `Worker::send_written`).
     pub gate_timeouts_deferred: u64,
+    /// Server offers sent again because no answer came (see `OFFER_RESEND`).
+    pub offers_resent: u64,
     pub participants_joined: u64,
     pub participants_left: u64,
     /// Room/participant/track events dropped because their channel was full.
@@ -919,6 +931,31 @@ impl Worker {
         self.maybe_offer(now, key);
     }
 
+    /// Send again the offers that waited [`OFFER_RESEND`] for an answer.
+    fn resend_unanswered_offers(&mut self, now: Instant) {
+        for p in self.participants.iter_mut().flatten() {
+            let Some(po) = p.pending_offer.as_mut() else {
+                continue;
+            };
+            if now.saturating_duration_since(po.sent_at) < OFFER_RESEND {
+                continue;
+            }
+            po.sent_at = now;
+            if po.resends >= OFFER_RESENDS {
+                continue;
+            }
+            po.resends += 1;
+            let (signal, id, resends) = (po.signal.clone(), po.id, po.resends);
+            p.send(signal);
+            self.stats.offers_resent += 1;
+            if resends == OFFER_RESENDS {
+                warn!(participant = %p.id, offer = id, "offer still unanswered; not sending it again");
+            } else {
+                debug!(participant = %p.id, offer = id, resends, "offer unanswered; sent again");
+            }
+        }
+    }
+
     /// Subscriptions of `key` changed: offer them when the worker settles.
     fn want_offer(&mut self, key: ParticipantKey) {
         if let Some(p) = self.get(key) {
@@ -1014,12 +1051,18 @@ impl Worker {
         if let Some((offer, pending)) = api.apply() {
             let id = p.next_offer_id;
             p.next_offer_id += 1;
-            p.pending_offer = Some(PendingOffer { id, offer: pending });
-            let tracks = p.subscribed_tracks();
-            p.send(ServerSignal::Offer {
+            let signal = ServerSignal::Offer {
                 id,
                 sdp: offer.to_sdp_string(),
-                tracks,
+                tracks: p.subscribed_tracks(),
+            };
+            p.send(signal.clone());
+            p.pending_offer = Some(PendingOffer {
+                id,
+                offer: pending,
+                signal,
+                sent_at: now,
+                resends: 0,
             });
         }
         self.drain(key);
@@ -1138,6 +1181,7 @@ impl Worker {
             }
         }
         self.dynacast(now);
+        self.resend_unanswered_offers(now);
         self.send_waiting_offers(now);
         if now >= self.next_park_check {
             self.next_park_check = now + PARK_CHECK;

@@ -117,6 +117,10 @@ fn describe() {
         "Parked outgoing streams put back because a packet was forwarded on them"
     );
     describe_counter!(
+        "stamma_offers_resent_total",
+        "Server offers sent again because the client had not answered within 3 s"
+    );
+    describe_counter!(
         "stamma_signaling_errors_total",
         "Error signals sent, by code"
     );

@@ -42,6 +42,9 @@ export class Connection {
     this.negotiation = Promise.resolve();
     this.localOffers = 0; // offers we made: a server offer from before one is stale
     this.offering = false;
+    // The server sends an unanswered offer again, unchanged; a copy of one
+    // answered already is ignored.
+    this.answeredOffer = -1;
     this.pc.ontrack = (e) => {
       // Here and now, before any frame: the older API refuses streams later,
       // and a receiver without its transform would hand ciphertext to the decoder.
@@ -142,10 +145,11 @@ export class Connection {
   }
 
   async onOffer(m) {
-    if (this.finished || this.pc.signalingState !== "stable") return;
+    if (this.finished || this.pc.signalingState !== "stable" || m.id <= this.answeredOffer) return;
     for (const t of m.tracks) this.midToTrack.set(t.mid, t);
     await this.pc.setRemoteDescription({ type: "offer", sdp: m.sdp });
     await this.pc.setLocalDescription(await this.pc.createAnswer());
+    this.answeredOffer = m.id;
     this.send({ type: "answer", id: m.id, sdp: this.pc.localDescription.sdp });
   }
 

@@ -826,6 +826,11 @@ pub struct Peer {
     pub rtc: Rtc,
     signal_rx: mpsc::Receiver<ToParticipant>,
     pending: Option<SdpPendingOffer>,
+    /// Server offers still to ignore, as a client that lost them would.
+    pub drop_offers: u32,
+    /// The last server offer answered: a copy of it (see the server's
+    /// `OFFER_RESEND`) is ignored, as the web client does.
+    answered_offer: Option<u64>,
     pub connected_at: Option<Duration>,
     /// Every signal the server sent, with its virtual time.
     pub signals: Vec<(Duration, ServerSignal)>,
@@ -1119,6 +1124,8 @@ impl NetSim {
             rtc,
             signal_rx: rx,
             pending: None,
+            drop_offers: 0,
+            answered_offer: None,
             connected_at: None,
             signals: Vec::new(),
             closed: None,
@@ -1687,6 +1694,14 @@ impl NetSim {
                     // Our own offer wins; the server offers again after answering it.
                     return Ok(());
                 }
+                if p.drop_offers > 0 {
+                    p.drop_offers -= 1;
+                    return Ok(());
+                }
+                if p.answered_offer.is_some_and(|a| id <= a) {
+                    return Ok(());
+                }
+                p.answered_offer = Some(id);
                 let offer = SdpOffer::from_sdp_string(&sdp).context("server offer")?;
                 let answer = p
                     .rtc

@@ -393,3 +393,43 @@ fn joins_at_once_are_offered_together() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A client that loses a server offer (a page that dropped it while making
+/// its own) still gets the tracks: the server sends the same offer again
+/// after 3 s instead of waiting for an answer forever, and a client that
+/// already answered ignores the copy.
+#[test]
+fn a_lost_server_offer_is_sent_again() -> anyhow::Result<()> {
+    let mut sim = NetSim::new(NetSim::config())?;
+    sim.add_publisher(Publish::video(Video::Single), Links::symmetric(5_000))?;
+    let member = sim.add_subscriber(Links::symmetric(10_000))?;
+    sim.settle(10 * SECOND)?;
+    sim.peer_mut(member).drop_offers = 1;
+    let joined = sim.now();
+    let publisher = sim.add_publisher(Publish::video(Video::Single), Links::symmetric(5_000))?;
+    let video = sim.run_until(
+        |s| {
+            s.video_track_id(publisher)
+                .and_then(|t| s.peer(member).rx_track(&t).map(|r| !r.frames.is_empty()))
+                .unwrap_or(false)
+        },
+        10 * SECOND,
+    )?;
+    eprintln!("video {:?} after the join", video - joined);
+    assert!(
+        video - joined <= 5 * SECOND,
+        "video only {:?} after the join",
+        video - joined
+    );
+    assert_eq!(sim.worker().stats().offers_resent, 1);
+    // The copy of an offer already answered changes nothing: no error, and
+    // nothing is sent a third time.
+    sim.run_for(10 * SECOND)?;
+    assert_eq!(sim.worker().stats().offers_resent, 1);
+    let errors: Vec<_> = sim
+        .peer(member)
+        .signals_where(|s| matches!(s, ServerSignal::Error { .. }))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    Ok(())
+}
