@@ -293,8 +293,15 @@ try {
   console.log(`anna decodes the Rust client's SFrame video and audio: ${JSON.stringify(fromRust)}; its tile is ${look.grey} grey`);
   // Once keyed, its frames decode: most of them, as a busy 2-core machine
   // drops a few late ones (16 of 19 in CI); a page without the key decodes
-  // at most a few per cent, as noise.
-  const steady = await delta(anna, rust.id, 3000);
+  // at most a few per cent, as noise. One lost packet stops the decoder until
+  // the next keyframe (CI once saw 10 of 23 in a window), so the best of up
+  // to three windows counts: a page without the key reaches half in none.
+  let steady;
+  for (let i = 0; i < 3; i++) {
+    steady = await delta(anna, rust.id, 3000);
+    if (steady.frames > 0 && steady.decoded >= 0.5 * steady.frames) break;
+    console.log(`a window with ${steady.decoded} of ${steady.frames} frames decoded; trying another`);
+  }
   if (!(steady.frames > 0 && steady.decoded >= 0.5 * steady.frames)) fail(`anna decodes too few of the Rust client's frames: ${JSON.stringify(steady)}`);
   console.log(`then in 3 s: ${steady.decoded} of ${steady.frames} frames decoded`);
   const tone = (r, pid) => r.tones[pid] !== undefined && Math.abs(r.tones[pid] - BROWSER_TONE_HZ) <= 10;
