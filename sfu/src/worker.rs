@@ -81,6 +81,10 @@ pub const DYNACAST_GRACE: Duration = Duration::from_secs(2);
 const MIN_DESIRED_BPS: u64 = 300_000;
 /// How often a subscriber whose wanted video does not fit is probed for more.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// The desired rate given to str0m is at most this many times the estimate
+/// (see `Worker::allocate`): its probes, capped at twice the desired rate,
+/// stay within 8 times the estimate, a burst a thin link's queue absorbs.
+const PROBE_CEILING: u64 = 4;
 /// Packets and age of the per-subscription retransmission cache (str0m's defaults).
 const RTX_CACHE_PACKETS: usize = 1024;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
@@ -1391,14 +1395,25 @@ impl Worker {
             // tester, padding up to the allocated rate filled thin links with
             // filler that queued ahead of audio (p99 latency 250 ms at
             // 1 Mbit/s); only probe clusters go beyond the media.
+            // str0m caps its probes at twice the desired rate, not at the
+            // estimate: with everything a grid of twelve wants (16 Mbit/s)
+            // as the desired rate, it sent a subscriber behind 1 Mbit/s a
+            // probe of 382 padding packets in 16 ms (53 Mbit/s), and 273 of
+            // them were lost at the bottleneck. So the desired rate is what
+            // is wanted, but at most PROBE_CEILING times the estimate.
+            // (Twice was too tight: after a drop to 300 kbit/s and back the
+            // estimate never climbed back within 10 s.)
+            let target = wanted
+                .min(estimate.saturating_mul(PROBE_CEILING))
+                .max(MIN_DESIRED_BPS);
             let mut bwe = p.rtc.bwe();
             let desired = if short && now >= p.next_probe {
                 p.next_probe = now + PROBE_INTERVAL;
                 // Lowering first makes the raise count as new.
                 bwe.set_bitrate(Bitrate::bps(0), Bitrate::bps(estimate));
-                Some(wanted.max(estimate))
+                Some(target.max(estimate))
             } else {
-                (p.bwe_desired != wanted).then_some(wanted)
+                (p.bwe_desired != target).then_some(target)
             };
             if let Some(desired) = desired {
                 p.bwe_desired = desired;
