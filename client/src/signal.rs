@@ -178,3 +178,39 @@ impl SignalClient {
         let _ = self.ws.close(None).await;
     }
 }
+
+/// The server offers a client has answered. The server sends an offer left
+/// unanswered for 3 s again with the same id, and offer ids only grow
+/// (docs/protocol.md, Negotiation): a client answers each id once.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AnsweredOffers {
+    last: Option<u64>,
+}
+
+impl AnsweredOffers {
+    /// Whether server offer `id` is new, i.e. to be answered; records it.
+    /// False for a copy (or an older offer).
+    pub fn take_new(&mut self, id: u64) -> bool {
+        if self.last.is_some_and(|a| id <= a) {
+            return false;
+        }
+        self.last = Some(id);
+        true
+    }
+}
+
+#[cfg(test)]
+mod answered_offers_tests {
+    use super::AnsweredOffers;
+
+    #[test]
+    fn each_offer_id_is_answered_once() {
+        let mut a = AnsweredOffers::default();
+        assert!(a.take_new(0));
+        assert!(!a.take_new(0), "a copy");
+        assert!(a.take_new(1));
+        assert!(a.take_new(3));
+        assert!(!a.take_new(2), "older than one answered");
+        assert!(!a.take_new(3));
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use stamma_client::signal::SignalClient;
+use stamma_client::signal::{AnsweredOffers, SignalClient};
 use stamma_proto::{
     ClientSignal, Grant, MediaKind as WireKind, ParticipantInfo, PublishedTrack, Role,
     ServerSignal, TrackInfo, TrackSource, VideoQuality,
@@ -243,7 +243,7 @@ async fn session(
     let mut pending = false;
     // The server sends an offer unanswered for 3 s again, unchanged (same
     // id): under load our answer may be on its way, so a copy is ignored.
-    let mut answered: Option<u64> = None;
+    let mut answered = AnsweredOffers::default();
     // The m-line of our camera: `publish_layers` names it, and it is known
     // before the server has told us the track's id.
     let mut own_video_mid: Option<String> = None;
@@ -309,10 +309,9 @@ async fn session(
                 match s {
                     ServerSignal::Offer { id, sdp, tracks } => {
                         // Our own offer wins; the server offers again after it.
-                        if pending || answered.is_some_and(|a| id <= a) {
+                        if pending || !answered.take_new(id) {
                             continue;
                         }
-                        answered = Some(id);
                         let keys = tracks
                             .iter()
                             .filter_map(|t| {

@@ -457,7 +457,7 @@ impl TestParticipant {
             let mut kx = kx;
             tasks.push(tokio::spawn(async move {
                 let mut local_offer_out = false;
-                let mut answered: Option<u64> = None;
+                let mut answered = stamma_client::signal::AnsweredOffers::default();
                 for o in kx_hello {
                     if sig.send(&ClientSignal::E2ee { to: o.to, payload: o.payload }).await.is_err() {
                         return;
@@ -478,10 +478,9 @@ impl TestParticipant {
                                 ServerSignal::Offer { id, sdp, tracks } => {
                                     // Impolite side: ignore while our offer is out;
                                     // and a copy of an offer answered already.
-                                    if local_offer_out || answered.is_some_and(|a| id <= a) {
+                                    if local_offer_out || !answered.take_new(id) {
                                         continue;
                                     }
-                                    answered = Some(id);
                                     {
                                         let mut m = mids.lock().unwrap_or_else(|e| e.into_inner());
                                         for t in tracks {

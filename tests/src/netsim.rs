@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use stamma_client::media::{SyntheticVp8, VideoLayer};
+use stamma_client::signal::AnsweredOffers;
 use stamma_client::stamp::FrameStamp;
 use stamma_proto::{
     ClientSignal, ErrorCode, MediaKind as WireKind, PublishedTrack, Role, ServerSignal, TrackSource,
@@ -830,7 +831,7 @@ pub struct Peer {
     pub drop_offers: u32,
     /// The last server offer answered: a copy of it (see the server's
     /// `OFFER_RESEND`) is ignored, as the web client does.
-    answered_offer: Option<u64>,
+    answered_offers: AnsweredOffers,
     pub connected_at: Option<Duration>,
     /// Every signal the server sent, with its virtual time.
     pub signals: Vec<(Duration, ServerSignal)>,
@@ -1125,7 +1126,7 @@ impl NetSim {
             signal_rx: rx,
             pending: None,
             drop_offers: 0,
-            answered_offer: None,
+            answered_offers: AnsweredOffers::default(),
             connected_at: None,
             signals: Vec::new(),
             closed: None,
@@ -1698,10 +1699,9 @@ impl NetSim {
                     p.drop_offers -= 1;
                     return Ok(());
                 }
-                if p.answered_offer.is_some_and(|a| id <= a) {
+                if !p.answered_offers.take_new(id) {
                     return Ok(());
                 }
-                p.answered_offer = Some(id);
                 let offer = SdpOffer::from_sdp_string(&sdp).context("server offer")?;
                 let answer = p
                     .rtc
