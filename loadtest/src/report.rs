@@ -163,6 +163,9 @@ pub struct Report {
     /// (`track_paused` .. `track_resumed`). Paused time is not loss.
     pub tracks_paused_pct: f64,
     pub pause_events: u64,
+    /// Of `pause_events`, those the server made because it was short of
+    /// CPU (`server_load`), not of the subscriber's bandwidth.
+    pub load_pause_events: u64,
     pub resume_events: u64,
     /// Video picked up after a pause on a frame that was no keyframe
     /// (undecodable until the next one; loss of the keyframe can cause it).
@@ -385,6 +388,7 @@ impl Report {
             }),
             tracks_paused_pct: round2(pct(total.paused_us, total.video_track_us)),
             pause_events: total.pause_events,
+            load_pause_events: total.load_pause_events,
             resume_events: total.resume_events,
             resumes_without_keyframe: total.resumes_without_keyframe,
             publish_layer_changes: total.publish_layer_changes,
@@ -495,8 +499,11 @@ impl Report {
             (
                 "video paused by the server",
                 format!(
-                    "{} % of watched video time  ({} pauses, {} resumes)",
-                    self.tracks_paused_pct, self.pause_events, self.resume_events
+                    "{} % of watched video time  ({} pauses, {} of them for server load; {} resumes)",
+                    self.tracks_paused_pct,
+                    self.pause_events,
+                    self.load_pause_events,
+                    self.resume_events
                 ),
             ),
             (

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use stamma_client::signal::{AnsweredOffers, SignalClient};
 use stamma_proto::{
-    ClientSignal, Grant, MediaKind as WireKind, ParticipantInfo, PublishedTrack, Role,
+    ClientSignal, Grant, MediaKind as WireKind, ParticipantInfo, PauseReason, PublishedTrack, Role,
     ServerSignal, TrackInfo, TrackSource, VideoQuality,
 };
 use str0m::media::MediaKind;
@@ -339,7 +339,10 @@ async fn session(
                     ServerSignal::ParticipantJoined { participant } => room.learn_participant(&participant),
                     ServerSignal::TrackPublished { track } => room.learn_track(&track),
                     ServerSignal::TrackUnpublished { track_id, .. } => room.forget_track(&track_id),
-                    ServerSignal::TrackPaused { track_id, .. } => {
+                    ServerSignal::TrackPaused { track_id, reason, .. } => {
+                        if reason == PauseReason::ServerLoad {
+                            record(&|d| d.load_pause_events += 1);
+                        }
                         server_pause(&room, peer, plan, &track_id, true).await;
                     }
                     ServerSignal::TrackResumed { track_id, .. } => {

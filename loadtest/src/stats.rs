@@ -42,6 +42,8 @@ pub struct Delta {
     pub video_track_us: u64,
     pub paused_us: u64,
     pub pause_events: u64,
+    /// Pauses whose reason was `server_load` (the server short of CPU).
+    pub load_pause_events: u64,
     pub resume_events: u64,
     /// First frames after a pause that skipped frames and were no keyframe.
     pub resumes_without_keyframe: u64,
@@ -103,6 +105,7 @@ impl Delta {
         self.video_track_us += d.video_track_us;
         self.paused_us += d.paused_us;
         self.pause_events += d.pause_events;
+        self.load_pause_events += d.load_pause_events;
         self.resume_events += d.resume_events;
         self.resumes_without_keyframe += d.resumes_without_keyframe;
         self.publish_layer_changes += d.publish_layer_changes;

@@ -202,6 +202,9 @@ pub struct LayerState {
 pub enum PauseReason {
     /// The subscriber's estimated downlink cannot carry it.
     Bandwidth,
+    /// The server is short of CPU and pauses some video rather than delay
+    /// everyone's media; it resumes as the load falls.
+    ServerLoad,
 }
 
 /// Maps an m-line of a server offer to the track it carries.

@@ -24,6 +24,10 @@ pub struct SfuConfig {
     /// layer to everyone: the behaviour of an SFU without an allocator, kept
     /// for comparison runs.
     pub allocator: bool,
+    /// When a worker's thread is saturated, cap every subscriber's video
+    /// (pausing what does not fit) rather than delay all media on it; see
+    /// `load_shedder`. Needs the allocator.
+    pub load_shedding: bool,
     /// Downlink estimate a new subscriber starts from, before feedback.
     pub bwe_initial_kbps: u32,
     /// Where room, participant and track events go (webhooks).
@@ -48,6 +52,7 @@ impl Default for SfuConfig {
             max_participants_per_room: 250,
             media_timeout: Duration::from_secs(30),
             allocator: true,
+            load_shedding: true,
             bwe_initial_kbps: 1_000,
             events: crate::EventSink::default(),
             ice_tcp: true,

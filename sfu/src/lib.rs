@@ -1,7 +1,7 @@
 //! The Stämma media plane: a selective forwarding unit on str0m.
 //!
 //! The core ([`Worker`], [`room`], [`participant`], [`track`], [`subscription`],
-//! [`forwarder`], [`allocator`], [`speaker`]) is sans-IO: it takes datagrams, commands and the current time
+//! [`forwarder`], [`allocator`], [`speaker`], [`load_shedder`]) is sans-IO: it takes datagrams, commands and the current time
 //! and returns datagrams to send and signals for participants. The UDP socket,
 //! the thread and the clock live in [`driver`].
 
@@ -14,6 +14,7 @@ pub mod driver;
 pub mod event;
 pub mod forwarder;
 pub mod ice_tcp;
+pub mod load_shedder;
 pub mod parked_stream;
 pub mod participant;
 pub mod room;

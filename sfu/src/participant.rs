@@ -69,6 +69,10 @@ pub struct Participant {
     pub bwe_bps: Option<u64>,
     /// The estimate the last allocation used.
     pub allocated_for_bps: u64,
+    /// Video rate the last allocation chose, and what everything wanted
+    /// would cost (for the worker's LoadShedder).
+    pub video_used_bps: u64,
+    pub video_wanted_bps: u64,
     /// Subscriptions, settings or the estimate changed: allocate again.
     pub allocation_due: bool,
     /// The desired rate last given to str0m's estimator.
@@ -162,6 +166,8 @@ impl Participant {
             signal_failed: false,
             bwe_bps: None,
             allocated_for_bps: 0,
+            video_used_bps: 0,
+            video_wanted_bps: 0,
             allocation_due: true,
             bwe_desired: 0,
             next_probe: now,

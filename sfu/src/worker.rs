@@ -26,6 +26,7 @@ use crate::config::SfuConfig;
 use crate::demux::{Demux, ParticipantKey};
 use crate::event::MediaEvent;
 use crate::forwarder::Forward;
+use crate::load_shedder::{Change, LoadShedder, VideoLoad};
 use crate::parked_stream::{park_idle, restore_all};
 use crate::participant::{Participant, PendingOffer};
 use crate::room::Room;
@@ -127,6 +128,8 @@ pub struct WorkerStats {
     pub gate_timeouts_deferred: u64,
     /// Server offers sent again because no answer came (see `OFFER_RESEND`).
     pub offers_resent: u64,
+    /// Times the LoadShedder set or lowered the worker's video cap.
+    pub load_cuts: u64,
     pub participants_joined: u64,
     pub participants_left: u64,
     /// Room/participant/track events dropped because their channel was full.
@@ -182,6 +185,8 @@ pub struct Worker {
     /// (publisher, m-line, layer) lists of the tick: owed keyframe
     /// requests, then dynacast's marks.
     layer_scratch: Vec<(ParticipantKey, Mid, usize)>,
+    /// Caps subscribers' video while this worker's thread is saturated.
+    shedder: LoadShedder,
 }
 
 impl Worker {
@@ -218,7 +223,57 @@ impl Worker {
             alloc_order: Vec::new(),
             alloc_out: Vec::new(),
             layer_scratch: Vec::new(),
+            shedder: LoadShedder::new(),
         }
+    }
+
+    /// The driver's report of one loop turn: it worked `busy` and ended at
+    /// `now`. Feeds the LoadShedder (see `load_shedder`); when the video cap
+    /// changes, every subscriber is allocated again at the next tick.
+    pub fn note_busy(&mut self, now: Instant, busy: Duration) {
+        if !(self.config.allocator && self.config.load_shedding) {
+            return;
+        }
+        let participants = &self.participants;
+        let load = || {
+            let (mut sum, mut n, mut max_wanted) = (0u64, 0u64, 0u64);
+            for p in participants.iter().flatten() {
+                max_wanted = max_wanted.max(p.video_wanted_bps);
+                if p.video_used_bps > 0 {
+                    sum += p.video_used_bps;
+                    n += 1;
+                }
+            }
+            VideoLoad {
+                mean_used_bps: sum / n.max(1),
+                max_wanted_bps: max_wanted,
+            }
+        };
+        let Some(change) = self.shedder.record(now, busy, load) else {
+            return;
+        };
+        let duty_pct = self.shedder.last_duty_pct();
+        match change {
+            Change::Cut(cap) => {
+                self.stats.load_cuts += 1;
+                info!(
+                    duty_pct,
+                    cap_kbps = cap / 1000,
+                    "worker saturated: video capped"
+                );
+            }
+            Change::Raised(cap) => debug!(duty_pct, cap_kbps = cap / 1000, "video cap raised"),
+            Change::Lifted => info!(duty_pct, "video cap lifted"),
+        }
+        for p in self.participants.iter_mut().flatten() {
+            p.allocation_due = true;
+        }
+    }
+
+    /// The video budget every subscriber of this worker is held to now
+    /// (None: only their estimates count).
+    pub fn video_cap(&self) -> Option<u64> {
+        self.shedder.cap()
     }
 
     pub fn stats(&self) -> WorkerStats {
@@ -1315,7 +1370,15 @@ impl Worker {
             slots.push((si, live, layers - 1));
         }
         let estimate = p.bwe_bps.unwrap_or(UNLIMITED_BPS);
-        let budget = estimate.saturating_sub(audio_bps);
+        let by_estimate = estimate.saturating_sub(audio_bps);
+        let cap = self.shedder.cap().unwrap_or(u64::MAX);
+        let budget = by_estimate.min(cap);
+        // What is paused now is paused for the server, not the link.
+        let reason = if cap < by_estimate {
+            PauseReason::ServerLoad
+        } else {
+            PauseReason::Bandwidth
+        };
         let mut out = std::mem::take(&mut self.alloc_out);
         let allocation = if self.config.allocator {
             allocate(budget, &demands, &mut self.alloc_order, &mut out)
@@ -1330,6 +1393,8 @@ impl Worker {
         };
         p.allocation_due = false;
         p.allocated_for_bps = estimate;
+        p.video_used_bps = allocation.used;
+        p.video_wanted_bps = allocation.wanted;
         if let Some(bps) = p.bwe_bps
             && self.bwe_samples.len() < MAX_BWE_SAMPLES
         {
@@ -1373,7 +1438,7 @@ impl Worker {
                     ServerSignal::TrackPaused {
                         track_id: s.track_id.clone(),
                         participant_id: s.publisher_id.clone(),
-                        reason: PauseReason::Bandwidth,
+                        reason,
                     }
                 } else {
                     ServerSignal::TrackResumed {
@@ -1389,7 +1454,8 @@ impl Worker {
             // does not fit, ask the estimator for more than it has; str0m
             // sends a probe cluster when the desired rate rises above the
             // estimate. At most every PROBE_INTERVAL.
-            let wanted = (allocation.wanted + audio_bps).max(MIN_DESIRED_BPS);
+            // Probing past the server's cap would only buy padding.
+            let wanted = (allocation.wanted.min(cap) + audio_bps).max(MIN_DESIRED_BPS);
             let short = allocation.used + audio_bps < wanted;
             // The minimum (sustained padding) stays 0: measured with the load
             // tester, padding up to the allocated rate filled thin links with

@@ -166,6 +166,7 @@ struct MediaSection {
     workers: Option<usize>,
     max_participants_per_room: Option<usize>,
     allocator: Option<bool>,
+    load_shedding: Option<bool>,
     bwe_initial_kbps: Option<u32>,
     ice_tcp: Option<bool>,
 }
@@ -279,6 +280,9 @@ impl ServerConfig {
         if let Some(a) = file.media.allocator {
             c.media.allocator = a;
         }
+        if let Some(l) = file.media.load_shedding {
+            c.media.load_shedding = l;
+        }
         if let Some(k) = file.media.bwe_initial_kbps {
             c.media.bwe_initial_kbps = k;
         }
@@ -390,6 +394,9 @@ impl ServerConfig {
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_ALLOCATOR")? {
             self.media.allocator = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_MEDIA_LOAD_SHEDDING")? {
+            self.media.load_shedding = v;
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_BWE_INITIAL_KBPS")? {
             self.media.bwe_initial_kbps = v;

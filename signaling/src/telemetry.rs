@@ -15,6 +15,8 @@ const BANDWIDTH_BUCKETS: [f64; 10] = [100e3, 250e3, 500e3, 1e6, 2e6, 3e6, 5e6, 1
 const LAG_BUCKETS: [f64; 10] = [
     0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.25, 1.0,
 ];
+/// The LoadShedder acts above 0.8 (see `stamma_sfu::load_shedder`).
+const DUTY_BUCKETS: [f64; 8] = [0.1, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 /// Histogram samples pile up in the recorder until rendered or upkept;
 /// without a scraper this bounds them.
 const UPKEEP: Duration = Duration::from_secs(5);
@@ -38,6 +40,12 @@ fn build() -> PrometheusHandle {
             b.set_buckets_for_metric(
                 Matcher::Full("stamma_worker_loop_lag_seconds".into()),
                 &LAG_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("stamma_worker_duty_ratio".into()),
+                &DUTY_BUCKETS,
             )
         })
         .unwrap_or_else(|_| PrometheusBuilder::new());
@@ -121,6 +129,14 @@ fn describe() {
         "Server offers sent again because the client had not answered within 3 s"
     );
     describe_counter!(
+        "stamma_load_shed_cuts_total",
+        "Times a saturated worker set or lowered the cap on its subscribers' video"
+    );
+    describe_gauge!(
+        "stamma_workers_shedding",
+        "Workers holding a video cap because their thread is saturated"
+    );
+    describe_counter!(
         "stamma_signaling_errors_total",
         "Error signals sent, by code"
     );
@@ -139,5 +155,9 @@ fn describe() {
     describe_histogram!(
         "stamma_worker_loop_lag_seconds",
         "How late a worker's timer fired against its deadline"
+    );
+    describe_histogram!(
+        "stamma_worker_duty_ratio",
+        "Share of each second a worker spent working rather than waiting for input"
     );
 }

@@ -421,7 +421,10 @@ function onSignal(m) {
     case "track_paused":
     case "track_resumed": {
       const md = S.media.get(m.track_id);
-      if (md) md.paused = m.type === "track_paused";
+      if (md) {
+        // A reason: "bandwidth" (this viewer's link) or "server_load".
+        md.paused = m.type === "track_paused" ? m.reason || "bandwidth" : false;
+      }
       return render();
     }
     case "speakers_changed": {
@@ -849,6 +852,7 @@ function renderTiles() {
     }
     tile.root.classList.toggle("no-video", !track || paused);
     tile.paused.hidden = !paused;
+    if (paused) tile.paused.textContent = t(paused === "server_load" ? "pausedLoad" : "paused");
     const micMuted = w.isMe ? !(S.local.mic && S.local.micOn) : !w.mic || w.mic.muted;
     tile.mutedBadge.hidden = w.screen || !micMuted;
     tile.mutedBadge.textContent = t("muted");

@@ -471,3 +471,112 @@ fn a_thin_link_is_probed_without_overflowing_it() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A worker whose thread is saturated caps its subscribers' video rather
+/// than delay all media: grid tiles are paused with `server_load` (audio
+/// and the remaining tiles keep flowing), and everything resumes once the
+/// worker has time again. The duty cycle is fed as the driver would.
+#[test]
+fn a_saturated_worker_pauses_video_for_server_load_and_resumes_it() -> anyhow::Result<()> {
+    use stamma_proto::PauseReason;
+    let mut sim = NetSim::new(NetSim::config())?;
+    for _ in 0..6 {
+        sim.add_publisher(
+            Publish::video(Video::Single).with_audio(),
+            Links::symmetric(10_000),
+        )?;
+    }
+    let sub = sim.add_subscriber(Links::symmetric(20_000))?;
+    sim.settle(10 * SECOND)?;
+    sim.run_for(6 * SECOND)?;
+    let tracks: Vec<String> = sim
+        .peer(sub)
+        .rx_video()
+        .filter_map(|t| t.track_id.clone())
+        .collect();
+    assert_eq!(tracks.len(), 6, "all six tiles flow first");
+
+    // Feeds the worker `busy` of every 50 ms for `d`, as the driver does.
+    let load = |sim: &mut NetSim, d: Duration, busy: Duration| -> anyhow::Result<()> {
+        let end = sim.now() + d;
+        while sim.now() < end {
+            sim.run_for(50 * MILLI)?;
+            let now = sim.instant();
+            sim.worker().note_busy(now, busy);
+        }
+        Ok(())
+    };
+    let saturated_at = sim.now();
+    // Saturated long enough for two cuts, then busy but not saturated
+    // (the cap holds).
+    load(&mut sim, 2600 * MILLI, 48 * MILLI)?;
+    load(&mut sim, 2 * SECOND, 35 * MILLI)?;
+    let shed = sim.now();
+    let paused = sim
+        .peer(sub)
+        .signals_where(|s| {
+            matches!(
+                s,
+                ServerSignal::TrackPaused {
+                    reason: PauseReason::ServerLoad,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(paused > 0, "saturation paused video for server load");
+    assert!(sim.worker().video_cap().is_some());
+    let flowing = tracks
+        .iter()
+        .filter(|t| {
+            sim.peer(sub)
+                .rx_track(t)
+                .is_some_and(|r| r.frames_between(shed - SECOND, shed) > 0)
+        })
+        .count();
+    assert!(
+        (1..6).contains(&flowing),
+        "some tiles paused, not all: {flowing} of 6 flow"
+    );
+    let rate_before = sim
+        .peer(sub)
+        .rx_video()
+        .map(|t| t.kbps_between(saturated_at - 2 * SECOND, saturated_at))
+        .sum::<f64>();
+    let rate_shed = sim
+        .peer(sub)
+        .rx_video()
+        .map(|t| t.kbps_between(shed - SECOND, shed))
+        .sum::<f64>();
+    eprintln!(
+        "video {rate_before:.0} kbit/s before, {rate_shed:.0} while shedding; {} pauses, {flowing} tiles flow",
+        paused
+    );
+    assert!(
+        rate_shed < rate_before * 0.8,
+        "{rate_shed} vs {rate_before}"
+    );
+
+    // Time again: the cap is raised, then lifted, and every tile resumes.
+    let idle_from = sim.now();
+    let lifted = {
+        let mut at = None;
+        let end = sim.now() + 60 * SECOND;
+        while sim.now() < end {
+            load(&mut sim, SECOND, 10 * MILLI)?;
+            if sim.worker().video_cap().is_none() {
+                at = Some(sim.now());
+                break;
+            }
+        }
+        at.ok_or_else(|| anyhow::anyhow!("the cap was never lifted"))?
+    };
+    sim.run_for(3 * SECOND)?;
+    let end = sim.now();
+    for t in &tracks {
+        let rx = sim.peer(sub).rx_track(t).expect("track");
+        assert!(rx.frames_between(end - SECOND, end) > 20, "{t} flows again");
+    }
+    eprintln!("cap lifted {:?} after the load fell", lifted - idle_from);
+    Ok(())
+}

@@ -94,6 +94,12 @@ async fn metrics_follow_a_meeting_and_count_errors_by_code() -> anyhow::Result<(
         text.contains("stamma_worker_loop_lag_seconds_bucket{le=\"0.001\"}"),
         "loop lag histogram with buckets:\n{text}"
     );
+    // A worker with two participants works a small share of its time.
+    assert!(
+        text.contains("stamma_worker_duty_ratio_bucket{le=\"0.5\"}"),
+        "duty cycle histogram with buckets:\n{text}"
+    );
+    assert_eq!(value(&text, "stamma_workers_shedding"), Some(0.0), "{text}");
     assert_eq!(value(&text, "stamma_draining"), Some(0.0), "{text}");
 
     // A malformed message: a typed error, counted by its code.
