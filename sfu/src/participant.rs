@@ -57,6 +57,8 @@ pub struct Participant {
     pub next_offer_id: u64,
     pub joined_at: Instant,
     pub connected: bool,
+    /// When the media connection first came up.
+    pub connected_at: Option<Instant>,
     /// Since when the media connection has been down (or never up).
     pub down_since: Option<Instant>,
     pub next_timeout: Option<Instant>,
@@ -159,6 +161,7 @@ impl Participant {
             next_offer_id: 1,
             joined_at: now,
             connected: false,
+            connected_at: None,
             down_since: Some(now),
             next_timeout: Some(now),
             clock: now,

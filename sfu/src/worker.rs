@@ -89,9 +89,16 @@ const PROBE_CEILING: u64 = 4;
 /// Packets and age of the per-subscription retransmission cache (str0m's defaults).
 const RTX_CACHE_PACKETS: usize = 1024;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// Most a stream's retransmissions may be of its bytes over the last second
+/// (str0m's default is 0.15); enough to repair a link losing a fifth.
+const RTX_RATIO_CAP: f32 = 0.25;
 /// The budget of a subscriber without an estimate (no transport-wide
 /// feedback): everything at the layer it asked for.
 const UNLIMITED_BPS: u64 = 100_000_000_000;
+/// How long after its media connection came up a subscriber without an
+/// estimate is budgeted at the initial one; after that it is taken to send
+/// no transport-wide feedback, and is not limited by a guess.
+const FIRST_ESTIMATE_GRACE: Duration = Duration::from_secs(3);
 
 /// Samples of subscribers' downlink estimates kept between two reads by the
 /// driver; more are dropped, so a driver that never reads cannot grow memory.
@@ -1369,7 +1376,21 @@ impl Worker {
             });
             slots.push((si, live, layers - 1));
         }
-        let estimate = p.bwe_bps.unwrap_or(UNLIMITED_BPS);
+        // Until str0m's first estimate, the one it starts from. Allocating
+        // for an unlimited link there chose every track's top layer for a
+        // newcomer and asked 40-odd publishers for top-layer keyframes, and
+        // some of them reached a 1 Mbit/s subscriber as seconds of 2-3
+        // Mbit/s (load tester, meeting-50 behind 1 Mbit/s).
+        let estimate = match p.bwe_bps {
+            Some(bps) => bps,
+            None if self.config.allocator
+                && p.connected_at
+                    .is_none_or(|t| now.saturating_duration_since(t) < FIRST_ESTIMATE_GRACE) =>
+            {
+                u64::from(self.config.bwe_initial_kbps) * 1000
+            }
+            None => UNLIMITED_BPS,
+        };
         let by_estimate = estimate.saturating_sub(audio_bps);
         let cap = self.shedder.cap().unwrap_or(u64::MAX);
         let budget = by_estimate.min(cap);
@@ -1754,7 +1775,8 @@ impl Worker {
         match event {
             Event::RtpPacket(pkt) => self.forward_rtp(now, key, pkt),
             // Only a subscriber that sends transport-wide feedback has an
-            // estimate; one that does not is never limited by a guess.
+            // estimate; one that does not is limited by a guess only for
+            // FIRST_ESTIMATE_GRACE after it connected.
             Event::EgressBitrateEstimate(BweKind::Twcc {
                 estimate,
                 can_probe: true,
@@ -1796,6 +1818,7 @@ impl Worker {
             Event::Connected => {
                 let Some(p) = self.get(key) else { return };
                 p.connected = true;
+                p.connected_at.get_or_insert(now);
                 p.down_since = None;
                 info!(participant = %p.id, after_ms = now.saturating_duration_since(p.joined_at).as_millis() as u64, "media connected");
                 // Video negotiated before the connection came up starts now, on a keyframe.
@@ -2211,13 +2234,17 @@ fn is_rtp(datagram: &[u8]) -> bool {
 }
 
 /// Our retransmission settings on a subscriber's stream, with an empty cache.
-/// str0m stops answering NACKs once retransmissions pass a share of the
-/// stream, and counts probe padding (old packets resent over RTX) in that
-/// share: with probing on, real repairs were being dropped. Loss on a
-/// subscriber's link is the Allocator's to fix by lowering layers, not by
-/// refusing repairs, so there is no cap.
+/// str0m queues a resend for every sequence number of every NACK, also for
+/// one already queued, and its pacer raises its rate to drain a long queue.
+/// So a subscriber that lost a burst and kept asking was sent 4-8 Mbit/s of
+/// retransmissions into a 1 Mbit/s link for seconds (load tester, meeting-50
+/// behind 1 Mbit/s, about one run in two), each resend lost again and asked
+/// for again. With a cap, str0m drops the queued resends while
+/// retransmissions exceed [`RTX_RATIO_CAP`] of the stream's bytes of the
+/// last second; repairs within it go on, and what loss remains is the
+/// Allocator's to fix by lowering layers.
 fn fresh_rtx_cache(tx: &mut StreamTx) {
-    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
 }
 
 /// What one `subscription` signal changes; None keeps the current value.

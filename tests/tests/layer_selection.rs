@@ -21,7 +21,14 @@ fn subscriber_switches_to_low_layer_when_bandwidth_drops_and_back_when_it_recove
     sim.add_publisher(Publish::video(Video::Simulcast), Links::symmetric(5_000))?;
     sim.add_subscriber(Links::new(5_000, 2_500))?;
     sim.settle(10 * SECOND)?;
-    sim.run_to(8 * SECOND)?;
+    // The drop comes at 8 s; STAMMA_TEST_DROP_OFFSET_MS moves it later, to
+    // see how much the outcome depends on where in str0m's estimator cycle
+    // it lands (it does: see the README's Allocator section).
+    let offset = std::env::var("STAMMA_TEST_DROP_OFFSET_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    sim.run_to(8 * SECOND + Duration::from_millis(offset))?;
     let track = sim
         .video_track_id(0)
         .expect("the publisher's video has a track id");
@@ -42,9 +49,10 @@ fn subscriber_switches_to_low_layer_when_bandwidth_drops_and_back_when_it_recove
     )?;
     let took = low_at - drop_at;
     eprintln!("low layer {took:?} after the drop");
-    // Measured 1.52 s: str0m's estimate falls to ~250 kbit/s 0.7 s after
-    // the drop; the rest is the old layer's queue draining (shed from then
-    // on, see `send_backlog`) and the low layer's keyframe crossing the link.
+    // Measured 1.27 s (0.86-1.36 s for drops 0-1.9 s later): str0m's
+    // estimate falls to ~250 kbit/s within a second of the drop; the rest is
+    // the old layer's queue draining (shed from then on, see `send_backlog`)
+    // and the low layer's keyframe crossing the link.
     assert!(took <= 2 * SECOND, "low layer only {took:?} after the drop");
     sim.run_for(4 * SECOND)?;
     // Frames queued at the server are shed rather than delivered late:
@@ -62,7 +70,7 @@ fn subscriber_switches_to_low_layer_when_bandwidth_drops_and_back_when_it_recove
         })
         .unwrap_or_default();
     eprintln!("worst video frame delay after the drop {worst:?}");
-    // Measured 0.56 s (1.28 s when the old layer's queue is not shed): the
+    // Measured 0.74 s (1.28 s when the old layer's queue is not shed): the
     // 250 ms link queue, the 150 ms send-queue limit and a keyframe's drain.
     assert!(worst <= SECOND, "a frame {worst:?} late");
     let settled = sim.now() - 3 * SECOND;
