@@ -8,6 +8,8 @@
 //! Pure and allocation-free given its scratch vectors, so it is tested with
 //! numbers alone; the worker feeds it str0m's TWCC estimate.
 
+use std::time::Duration;
+
 use stamma_proto::VideoQuality;
 
 use crate::track::MAX_LAYERS;
@@ -46,6 +48,27 @@ pub const HOLD_PCT: u64 = 80;
 /// Share of the budget (percent) one allocation may add in up-switches and
 /// resumes (see `pace_increases`).
 pub const INCREASE_STEP_PCT: u64 = 25;
+
+/// How long after its media connection came up a subscriber without an
+/// estimate is budgeted at the initial one; after that it is taken to send
+/// no transport-wide feedback, and is not limited by a guess.
+pub const FIRST_ESTIMATE_GRACE: Duration = Duration::from_secs(3);
+
+/// The downlink (bit/s) a subscriber's video is budgeted on; None: no limit.
+/// str0m's latest estimate (`measured`) when there is one. Before it, the
+/// `initial` estimate str0m starts from (None when no estimator runs):
+/// budgeting a newcomer as unlimited chose every track's top layer and
+/// asked 40-odd publishers for top-layer keyframes, and some of them reached
+/// a 1 Mbit/s subscriber as seconds of 2-3 Mbit/s (load tester, meeting-50
+/// behind 1 Mbit/s). A connection up for [`FIRST_ESTIMATE_GRACE`] without
+/// an estimate sends no feedback to estimate from.
+pub fn budget_estimate(
+    measured: Option<u64>,
+    initial: Option<u64>,
+    connected_for: Option<Duration>,
+) -> Option<u64> {
+    measured.or(initial.filter(|_| connected_for.is_none_or(|d| d < FIRST_ESTIMATE_GRACE)))
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Allocation {
@@ -200,6 +223,31 @@ mod tests {
     use super::*;
 
     const CAM: [u64; 3] = [150_000, 500_000, 1_500_000];
+
+    #[test]
+    fn a_newcomer_is_budgeted_at_the_initial_estimate_until_its_first() {
+        let s = Duration::from_secs;
+        let initial = Some(1_000_000);
+        // Joining, and connected but not yet estimated.
+        assert_eq!(budget_estimate(None, initial, None), initial);
+        assert_eq!(budget_estimate(None, initial, Some(s(1))), initial);
+        // The first estimate replaces it, below or above.
+        assert_eq!(
+            budget_estimate(Some(400_000), initial, Some(s(1))),
+            Some(400_000)
+        );
+        assert_eq!(
+            budget_estimate(Some(2_500_000), initial, None),
+            Some(2_500_000)
+        );
+        // No feedback after the grace: not limited by a guess.
+        assert_eq!(
+            budget_estimate(None, initial, Some(FIRST_ESTIMATE_GRACE)),
+            None
+        );
+        // No estimator (the Allocator is off): never limited.
+        assert_eq!(budget_estimate(None, None, None), None);
+    }
 
     fn grid(previous: Option<usize>) -> Demand {
         Demand {

@@ -20,7 +20,7 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, StreamTx, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 use tracing::{debug, info, warn};
 
-use crate::allocator::{Allocation, Demand, Priority, allocate, max_layer};
+use crate::allocator::{Allocation, Demand, Priority, allocate, budget_estimate, max_layer};
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
 use crate::demux::{Demux, ParticipantKey};
@@ -95,10 +95,6 @@ const RTX_RATIO_CAP: f32 = 0.25;
 /// The budget of a subscriber without an estimate (no transport-wide
 /// feedback): everything at the layer it asked for.
 const UNLIMITED_BPS: u64 = 100_000_000_000;
-/// How long after its media connection came up a subscriber without an
-/// estimate is budgeted at the initial one; after that it is taken to send
-/// no transport-wide feedback, and is not limited by a guess.
-const FIRST_ESTIMATE_GRACE: Duration = Duration::from_secs(3);
 
 /// Samples of subscribers' downlink estimates kept between two reads by the
 /// driver; more are dropped, so a driver that never reads cannot grow memory.
@@ -1376,21 +1372,12 @@ impl Worker {
             });
             slots.push((si, live, layers - 1));
         }
-        // Until str0m's first estimate, the one it starts from. Allocating
-        // for an unlimited link there chose every track's top layer for a
-        // newcomer and asked 40-odd publishers for top-layer keyframes, and
-        // some of them reached a 1 Mbit/s subscriber as seconds of 2-3
-        // Mbit/s (load tester, meeting-50 behind 1 Mbit/s).
-        let estimate = match p.bwe_bps {
-            Some(bps) => bps,
-            None if self.config.allocator
-                && p.connected_at
-                    .is_none_or(|t| now.saturating_duration_since(t) < FIRST_ESTIMATE_GRACE) =>
-            {
-                u64::from(self.config.bwe_initial_kbps) * 1000
-            }
-            None => UNLIMITED_BPS,
-        };
+        let initial = self
+            .config
+            .allocator
+            .then(|| u64::from(self.config.bwe_initial_kbps) * 1000);
+        let connected_for = p.connected_at.map(|t| now.saturating_duration_since(t));
+        let estimate = budget_estimate(p.bwe_bps, initial, connected_for).unwrap_or(UNLIMITED_BPS);
         let by_estimate = estimate.saturating_sub(audio_bps);
         let cap = self.shedder.cap().unwrap_or(u64::MAX);
         let budget = by_estimate.min(cap);
@@ -1775,8 +1762,8 @@ impl Worker {
         match event {
             Event::RtpPacket(pkt) => self.forward_rtp(now, key, pkt),
             // Only a subscriber that sends transport-wide feedback has an
-            // estimate; one that does not is limited by a guess only for
-            // FIRST_ESTIMATE_GRACE after it connected.
+            // estimate; one that does not is limited by a guess only for a
+            // while after it connected (`budget_estimate`).
             Event::EgressBitrateEstimate(BweKind::Twcc {
                 estimate,
                 can_probe: true,

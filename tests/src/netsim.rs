@@ -268,6 +268,9 @@ pub struct Link {
     series: Vec<u64>,
     /// Datagrams handed to the link.
     pub offered: u64,
+    /// RTP bytes handed to the link, by payload type (the header is in the
+    /// clear under SRTP): how much was retransmission (RTX).
+    pub rtp_bytes_by_pt: [u64; 128],
     pub delivered: u64,
     /// Payload bytes delivered (headers counted by `overhead` excluded).
     pub bytes_delivered: u64,
@@ -289,6 +292,7 @@ impl Link {
             bucket,
             series: Vec::new(),
             offered: 0,
+            rtp_bytes_by_pt: [0; 128],
             delivered: 0,
             bytes_delivered: 0,
             dropped: 0,
@@ -321,6 +325,12 @@ impl Link {
 
     fn send(&mut self, now: Duration, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
         self.offered += 1;
+        if let [b0, b1, ..] = data[..]
+            && b0 >> 6 == 2
+            && !(192..=223).contains(&b1)
+        {
+            self.rtp_bytes_by_pt[usize::from(b1 & 0x7f)] += data.len() as u64;
+        }
         if self.config.loss > 0.0 && self.random() < self.config.loss {
             self.lost += 1;
             return;
