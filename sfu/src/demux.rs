@@ -15,6 +15,12 @@ const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const STUN_BINDING_REQUEST: u16 = 0x0001;
 const ATTR_USERNAME: u16 = 0x0006;
 
+/// An SRTP packet (not SRTCP, DTLS or STUN): RTP version 2, and a second
+/// byte outside RTCP's packet types (RFC 5761).
+pub fn is_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1])
+}
+
 /// The local (our) ufrag from a STUN binding request's `USERNAME` ("ours:theirs").
 /// Returns `None` for anything that is not a well-formed binding request.
 pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::allocator::{Allocation, Demand, Priority, allocate, budget_estimate, max_layer};
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
-use crate::demux::{Demux, ParticipantKey};
+use crate::demux::{Demux, ParticipantKey, is_rtp};
 use crate::event::MediaEvent;
 use crate::forwarder::Forward;
 use crate::load_shedder::{Change, LoadShedder, VideoLoad};
@@ -2212,12 +2212,6 @@ impl Worker {
             self.request_keyframe(now, publisher, mid, layer);
         }
     }
-}
-
-/// An SRTP packet (not SRTCP, DTLS or STUN): RTP version 2, and a second
-/// byte outside RTCP's packet types (RFC 5761).
-fn is_rtp(datagram: &[u8]) -> bool {
-    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1])
 }
 
 /// Our retransmission settings on a subscriber's stream, with an empty cache.

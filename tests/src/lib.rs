@@ -895,9 +895,8 @@ impl LossyRelay {
             let mut video_pt: Option<u8> = None;
             let mut seen = 0u64;
             let mut drop_it = |d: &[u8]| -> bool {
-                // RTP (not RTCP: PT 192..=223 in the second byte) and large.
-                let is_rtp = d.len() > 500 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
-                if !is_rtp {
+                // Large RTP packets only.
+                if d.len() <= 500 || !stamma_sfu::demux::is_rtp(d) {
                     return false;
                 }
                 let pt = d[1] & 0x7f;

@@ -71,6 +71,7 @@ use stamma_client::stamp::FrameStamp;
 use stamma_proto::{
     ClientSignal, ErrorCode, MediaKind as WireKind, PublishedTrack, Role, ServerSignal, TrackSource,
 };
+use stamma_sfu::demux::is_rtp;
 use stamma_sfu::{Command, JoinRequest, SfuConfig, ToParticipant, Worker};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
@@ -325,11 +326,8 @@ impl Link {
 
     fn send(&mut self, now: Duration, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
         self.offered += 1;
-        if let [b0, b1, ..] = data[..]
-            && b0 >> 6 == 2
-            && !(192..=223).contains(&b1)
-        {
-            self.rtp_bytes_by_pt[usize::from(b1 & 0x7f)] += data.len() as u64;
+        if is_rtp(&data) {
+            self.rtp_bytes_by_pt[usize::from(data[1] & 0x7f)] += data.len() as u64;
         }
         if self.config.loss > 0.0 && self.random() < self.config.loss {
             self.lost += 1;
