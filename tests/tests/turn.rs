@@ -32,9 +32,24 @@ struct Coturn {
 
 impl Coturn {
     /// coturn on 127.0.0.1 with `secret`, relaying on loopback only; ready
-    /// once it answers a STUN binding request.
+    /// once it answers a STUN binding request. The port is picked free and
+    /// released before coturn binds it, so another socket can take it (or
+    /// the next one, coturn's alternate port) in between: once in CI coturn
+    /// never answered. A few fresh ports are tried; the error carries
+    /// coturn's log.
     async fn start(secret: &str) -> anyhow::Result<Coturn> {
-        let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut last = None;
+        for _ in 0..3 {
+            let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+            match Coturn::start_on(secret, port).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("coturn was not started")))
+    }
+
+    async fn start_on(secret: &str, port: u16) -> anyhow::Result<Coturn> {
         let bin = ["/usr/bin/turnserver", "/usr/sbin/turnserver"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -99,7 +114,9 @@ impl Coturn {
                 });
             }
         }
-        bail!("turnserver did not answer STUN on 127.0.0.1:{port}")
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let tail = log[log.len().saturating_sub(20)..].join("\n");
+        bail!("turnserver did not answer STUN on 127.0.0.1:{port}; its log ends:\n{tail}")
     }
 
     fn logged(&self, f: impl Fn(&str) -> bool) -> bool {
