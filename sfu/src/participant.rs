@@ -15,6 +15,7 @@ use str0m::net::TcpType;
 use str0m::{Candidate, IceCreds, Reason, Rtc};
 use tokio::sync::mpsc;
 
+use crate::allocator::EstimateStall;
 use crate::command::{JoinRequest, ToParticipant};
 use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::Track;
@@ -81,6 +82,10 @@ pub struct Participant {
     pub bwe_desired: u64,
     /// When the link may next be probed for more bandwidth.
     pub next_probe: Instant,
+    /// Whether its estimator is stuck (see `EstimateStall`).
+    pub estimate_stall: EstimateStall,
+    /// When str0m last reported NACKs from this subscriber.
+    pub last_nack_at: Option<Instant>,
     /// RTP was written to this subscriber's streams and is not sent yet:
     /// `Worker::settle` sends it all with one clock step and one drain.
     pub send_due: bool,
@@ -174,6 +179,8 @@ impl Participant {
             allocation_due: true,
             bwe_desired: 0,
             next_probe: now,
+            estimate_stall: EstimateStall::default(),
+            last_nack_at: None,
             send_due: false,
             last_offer_at: None,
             offer_waiting: false,

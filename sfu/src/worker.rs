@@ -1480,7 +1480,16 @@ impl Worker {
             let target = wanted
                 .min(estimate.saturating_mul(PROBE_CEILING))
                 .max(MIN_DESIRED_BPS);
+            let restart = p
+                .estimate_stall
+                .restart_due(now, estimate, short, p.last_nack_at);
             let mut bwe = p.rtc.bwe();
+            if restart {
+                // At the estimate it has: nothing is sent faster, but the
+                // loss episode is forgotten and start-up probing runs again.
+                debug!(participant = %p.id, estimate_kbps = estimate / 1000, "estimator restarted");
+                bwe.reset(Bitrate::bps(estimate));
+            }
             let desired = if short && now >= p.next_probe {
                 p.next_probe = now + PROBE_INTERVAL;
                 // Lowering first makes the raise count as new.
@@ -1800,6 +1809,9 @@ impl Worker {
                 // A total below the last one is a new stream on a reused m-line.
                 let new = st.nacks.checked_sub(s.nacks_seen).unwrap_or(st.nacks);
                 s.nacks_seen = st.nacks;
+                if new > 0 {
+                    p.last_nack_at = Some(now);
+                }
                 self.stats.nacks_received += new;
             }
             Event::Connected => {
