@@ -181,6 +181,8 @@ pub struct Report {
     pub dominant_speaker_match_pct: Option<f64>,
     pub jitter_ms: P2,
     pub latency_ms: P3,
+    /// Audio frames only.
+    pub audio_latency_ms: P3,
     pub join_ms: P2,
     pub first_frame_ms: P2,
     pub forwarded_packets: u64,
@@ -404,6 +406,11 @@ impl Report {
                 p95: ms(percentile(&mut total.latency_us, 0.95)),
                 p99,
             },
+            audio_latency_ms: P3 {
+                p50: ms(percentile(&mut total.audio_latency_us, 0.5)),
+                p95: ms(percentile(&mut total.audio_latency_us, 0.95)),
+                p99: ms(percentile(&mut total.audio_latency_us, 0.99)),
+            },
             join_ms: P2 {
                 p50: percentile_f64(&mut join, 0.5).map(round2),
                 p99: percentile_f64(&mut join, 0.99).map(round2),
@@ -535,6 +542,15 @@ impl Report {
                     opt(self.latency_ms.p50),
                     opt(self.latency_ms.p95),
                     opt(self.latency_ms.p99)
+                ),
+            ),
+            (
+                "audio latency p50/p95/p99",
+                format!(
+                    "{} / {} / {} ms",
+                    opt(self.audio_latency_ms.p50),
+                    opt(self.audio_latency_ms.p95),
+                    opt(self.audio_latency_ms.p99)
                 ),
             ),
             (

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 pub struct Delta {
     /// One-way frame latencies, microseconds.
     pub latency_us: Vec<u32>,
+    /// The audio frames' among them: a video frame also waits for its own
+    /// bytes to cross a bottleneck (a 10 KB keyframe takes 80 ms at
+    /// 1 Mbit/s), an audio frame only for what is queued ahead of it.
+    pub audio_latency_us: Vec<u32>,
     /// RFC 3550 interarrival jitter of each receiving track, microseconds.
     pub jitter_us: Vec<u32>,
     /// RTP packets that reached the application (in delivered frames).
@@ -87,6 +91,7 @@ impl RateSample {
 impl Delta {
     pub fn add(&mut self, d: Delta) {
         self.latency_us.extend(d.latency_us);
+        self.audio_latency_us.extend(d.audio_latency_us);
         self.jitter_us.extend(d.jitter_us);
         self.packets += d.packets;
         self.packets_expected += d.packets_expected;
