@@ -112,6 +112,10 @@ impl EstimateStall {
             self.flat_since = None;
             return false;
         }
+        // Against the value the flat spell began at, so a fall and a slow
+        // climb back count as flat too: measured against the lowest value
+        // since, the drop study failed again (1 of 20) and climbed back
+        // later (median 2.9 s instead of 1.5 s).
         let (since, at) = match self.flat_since {
             Some((since, at)) if estimate <= at / 100 * STALL_RISE_PCT => (since, at),
             _ => {
