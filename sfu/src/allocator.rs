@@ -85,9 +85,10 @@ const STALL_RISE_PCT: u64 = 105;
 /// (`ProbeControl::can_probe`), and without probes the estimate grows only
 /// to 1.5 times the acknowledged rate, which the Allocator keeps low
 /// because the estimate is low (simulated drop from 2.5 Mbit/s to 300
-/// kbit/s and back: in 3 of 20 drop timings the estimate stayed at 244
-/// kbit/s for more than 10 s). Restarting the estimator at its current
-/// value forgets the loss episode; its start-up probes find the link.
+/// kbit/s and back: at two drop timings the estimate stayed at 244 kbit/s
+/// for more than 10 s in every run). Restarting the estimator at its
+/// current value forgets the loss episode; its start-up probes find the
+/// link. (A third timing fails in half the runs with or without it.)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EstimateStall {
     /// Since when, and at what estimate, the estimate has not risen.
@@ -114,8 +115,8 @@ impl EstimateStall {
         }
         // Against the value the flat spell began at, so a fall and a slow
         // climb back count as flat too: measured against the lowest value
-        // since, the drop study failed again (1 of 20) and climbed back
-        // later (median 2.9 s instead of 1.5 s).
+        // since, one sweep of the drop study climbed back later (median
+        // 2.9 s against 1.5 s).
         let (since, at) = match self.flat_since {
             Some((since, at)) if estimate <= at / 100 * STALL_RISE_PCT => (since, at),
             _ => {
