@@ -709,11 +709,7 @@ impl Peer {
         };
         let sent_us = stamp.sent_us;
         let latency = self.shared.micros(now).saturating_sub(sent_us);
-        let latency = latency.min(u64::from(u32::MAX)) as u32;
-        self.delta.latency_us.push(latency);
-        if !video {
-            self.delta.audio_latency_us.push(latency);
-        }
+        self.delta.record_latency(latency, video);
         let t = self.rx.entry(key).or_default();
         let seqs = (**d.seq_range.start(), **d.seq_range.end());
         let first = t.frame(now, &stamp, len, seqs, video, &mut self.delta);

@@ -102,6 +102,26 @@ pub struct P3 {
     pub p99: Option<f64>,
 }
 
+impl P3 {
+    /// Percentiles in milliseconds of samples in microseconds.
+    fn of_us(samples: &mut [u32]) -> P3 {
+        P3 {
+            p50: ms(percentile(samples, 0.5)),
+            p95: ms(percentile(samples, 0.95)),
+            p99: ms(percentile(samples, 0.99)),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{} / {} / {} ms",
+            opt(self.p50),
+            opt(self.p95),
+            opt(self.p99)
+        )
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct SecondRow {
     pub t: usize,
@@ -232,6 +252,10 @@ pub struct Report {
     pub series: Vec<SecondRow>,
 }
 
+fn opt(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |v| format!("{v}"))
+}
+
 fn ms(us: Option<u32>) -> Option<f64> {
     us.map(|u| (u as f64 / 1000.0 * 100.0).round() / 100.0)
 }
@@ -315,7 +339,8 @@ impl Report {
         let layer_pct = |i: usize| round2(pct(total.layer_us[i], layer_time));
         let loss = round2(loss_pct(total.packets, total.packets_expected));
         let frame_loss = round2(loss_pct(total.frames, total.frames + total.frames_lost));
-        let p99 = ms(percentile(&mut total.latency_us, 0.99));
+        let latency_ms = P3::of_us(&mut total.latency_us);
+        let p99 = latency_ms.p99;
         let mut violations = Vec::new();
         if !failures.is_empty() {
             violations.push(format!("{} participants failed", failures.len()));
@@ -401,16 +426,8 @@ impl Report {
                 p50: ms(percentile(&mut total.jitter_us, 0.5)),
                 p99: ms(percentile(&mut total.jitter_us, 0.99)),
             },
-            latency_ms: P3 {
-                p50: ms(percentile(&mut total.latency_us, 0.5)),
-                p95: ms(percentile(&mut total.latency_us, 0.95)),
-                p99,
-            },
-            audio_latency_ms: P3 {
-                p50: ms(percentile(&mut total.audio_latency_us, 0.5)),
-                p95: ms(percentile(&mut total.audio_latency_us, 0.95)),
-                p99: ms(percentile(&mut total.audio_latency_us, 0.99)),
-            },
+            latency_ms,
+            audio_latency_ms: P3::of_us(&mut total.audio_latency_us),
             join_ms: P2 {
                 p50: percentile_f64(&mut join, 0.5).map(round2),
                 p99: percentile_f64(&mut join, 0.99).map(round2),
@@ -463,7 +480,6 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v}"));
         let mut rows: Vec<(&str, String)> = vec![
             (
                 "scenario",
@@ -535,24 +551,8 @@ impl Report {
                     opt(self.dominant_speaker_match_pct)
                 ),
             ),
-            (
-                "latency p50 / p95 / p99",
-                format!(
-                    "{} / {} / {} ms",
-                    opt(self.latency_ms.p50),
-                    opt(self.latency_ms.p95),
-                    opt(self.latency_ms.p99)
-                ),
-            ),
-            (
-                "audio latency p50/p95/p99",
-                format!(
-                    "{} / {} / {} ms",
-                    opt(self.audio_latency_ms.p50),
-                    opt(self.audio_latency_ms.p95),
-                    opt(self.audio_latency_ms.p99)
-                ),
-            ),
+            ("latency p50 / p95 / p99", self.latency_ms.text()),
+            ("audio latency p50/p95/p99", self.audio_latency_ms.text()),
             (
                 "jitter p50 / p99",
                 format!(

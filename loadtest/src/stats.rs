@@ -89,6 +89,15 @@ impl RateSample {
 }
 
 impl Delta {
+    /// One received frame's one-way latency.
+    pub fn record_latency(&mut self, us: u64, video: bool) {
+        let us = us.min(u64::from(u32::MAX)) as u32;
+        self.latency_us.push(us);
+        if !video {
+            self.audio_latency_us.push(us);
+        }
+    }
+
     pub fn add(&mut self, d: Delta) {
         self.latency_us.extend(d.latency_us);
         self.audio_latency_us.extend(d.audio_latency_us);
@@ -267,6 +276,19 @@ pub fn is_freeze(gap: Duration, interval: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_latency_counts_audio_frames_only() {
+        let mut d = Delta::default();
+        d.record_latency(5_000, false);
+        d.record_latency(90_000, true);
+        d.record_latency(u64::MAX, false);
+        assert_eq!(d.latency_us, vec![5_000, 90_000, u32::MAX]);
+        assert_eq!(d.audio_latency_us, vec![5_000, u32::MAX]);
+        let mut total = Delta::default();
+        total.add(d);
+        assert_eq!(total.audio_latency_us.len(), 2);
+    }
 
     #[test]
     fn percentiles_by_nearest_rank() {
