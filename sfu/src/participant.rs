@@ -15,7 +15,7 @@ use str0m::net::TcpType;
 use str0m::{Candidate, IceCreds, Reason, Rtc};
 use tokio::sync::mpsc;
 
-use crate::allocator::EstimateStall;
+use crate::allocator::{EstimateStall, IncreaseTrial};
 use crate::command::{JoinRequest, ToParticipant};
 use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::Track;
@@ -84,6 +84,10 @@ pub struct Participant {
     pub next_probe: Instant,
     /// Whether its estimator is stuck (see `EstimateStall`).
     pub estimate_stall: EstimateStall,
+    /// Padding that verifies the link before an increase (`IncreaseTrial`).
+    pub increase_trial: IncreaseTrial,
+    /// The minimum (padding) rate last given to str0m's estimator.
+    pub bwe_minimum: u64,
     /// When str0m last reported NACKs from this subscriber.
     pub last_nack_at: Option<Instant>,
     /// RTP was written to this subscriber's streams and is not sent yet:
@@ -180,6 +184,8 @@ impl Participant {
             bwe_desired: 0,
             next_probe: now,
             estimate_stall: EstimateStall::default(),
+            increase_trial: IncreaseTrial::default(),
+            bwe_minimum: 0,
             last_nack_at: None,
             send_due: false,
             last_offer_at: None,

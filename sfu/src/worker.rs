@@ -20,7 +20,10 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, StreamTx, Vp8Descriptor};
 use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 use tracing::{debug, info, warn};
 
-use crate::allocator::{Allocation, Demand, Priority, allocate, budget_estimate, max_layer};
+use crate::allocator::{
+    Allocation, Demand, Priority, TrialVerdict, allocate, budget_estimate, max_layer,
+    trial_applies, withhold_increases,
+};
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
 use crate::demux::{Demux, ParticipantKey, is_rtp};
@@ -1388,7 +1391,7 @@ impl Worker {
             PauseReason::Bandwidth
         };
         let mut out = std::mem::take(&mut self.alloc_out);
-        let allocation = if self.config.allocator {
+        let mut allocation = if self.config.allocator {
             allocate(budget, &demands, &mut self.alloc_order, &mut out)
         } else {
             // Baseline for comparison: every track's top layer, never paused.
@@ -1401,6 +1404,25 @@ impl Worker {
         };
         p.allocation_due = false;
         p.allocated_for_bps = estimate;
+        let verdict = if self.config.allocator
+            && trial_applies(
+                p.bwe_bps.is_some(),
+                reason == PauseReason::ServerLoad,
+                connected_for,
+                p.last_nack_at.map(|t| now.saturating_duration_since(t)),
+            ) {
+            p.increase_trial.judge(
+                now,
+                estimate,
+                p.video_used_bps + audio_bps,
+                allocation.used + audio_bps,
+            )
+        } else {
+            TrialVerdict::Grant
+        };
+        if verdict != TrialVerdict::Grant {
+            allocation.used = withhold_increases(&demands, &mut out);
+        }
         p.video_used_bps = allocation.used;
         p.video_wanted_bps = allocation.wanted;
         if let Some(bps) = p.bwe_bps
@@ -1416,6 +1438,7 @@ impl Worker {
             wanted_kbps = allocation.wanted / 1000,
             videos = out.len(),
             paused = out.iter().filter(|c| c.is_none()).count(),
+            ?verdict,
             "allocated"
         );
         let mut keyframes = Vec::new();
@@ -1490,17 +1513,24 @@ impl Worker {
                 debug!(participant = %p.id, estimate_kbps = estimate / 1000, "estimator restarted");
                 bwe.reset(Bitrate::bps(estimate));
             }
+            // Padding only while an increase is on trial; str0m caps it at
+            // the estimate and sends it only into gaps between media.
+            let minimum = match verdict {
+                TrialVerdict::Pad(bps) => bps.min(estimate),
+                _ => 0,
+            };
             let desired = if short && now >= p.next_probe {
                 p.next_probe = now + PROBE_INTERVAL;
                 // Lowering first makes the raise count as new.
-                bwe.set_bitrate(Bitrate::bps(0), Bitrate::bps(estimate));
+                bwe.set_bitrate(Bitrate::bps(minimum), Bitrate::bps(estimate));
                 Some(target.max(estimate))
             } else {
-                (p.bwe_desired != target).then_some(target)
+                (p.bwe_desired != target || p.bwe_minimum != minimum).then_some(target)
             };
             if let Some(desired) = desired {
                 p.bwe_desired = desired;
-                bwe.set_bitrate(Bitrate::bps(0), Bitrate::bps(desired));
+                p.bwe_minimum = minimum;
+                bwe.set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired.max(minimum)));
                 self.drain(key);
             }
         }
