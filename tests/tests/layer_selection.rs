@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use stamma_proto::ServerSignal;
+use stamma_proto::{ClientSignal, ServerSignal, VideoQuality};
+use stamma_sfu::allocator::TRIAL_TIME;
 use stamma_tests::netsim::{LinkConfig, Links, NetSim, Publish, Video};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -671,5 +672,65 @@ fn the_estimate_climbs_back_after_a_drop_at_timings_that_trapped_it() -> anyhow:
             up_at - recover_at
         );
     }
+    Ok(())
+}
+
+/// Behind 1.5 Mbit/s an up-switch from the low to the middle layer is tried
+/// with padding first (`IncreaseTrial`): the subscriber stays on its layer
+/// while str0m pads the link up to the new layer's rate, and switches once
+/// the estimate has held. Without the trial the switch comes one keyframe
+/// after the request, with only str0m's own probes as padding.
+#[test]
+fn an_up_switch_on_a_thin_link_is_tried_with_padding_first() -> anyhow::Result<()> {
+    let mut sim = NetSim::new(NetSim::config())?;
+    sim.add_publisher(Publish::video(Video::Simulcast), Links::symmetric(5_000))?;
+    let sub = sim.add_subscriber(Links::new(5_000, 1_500))?;
+    sim.settle(10 * SECOND)?;
+    let track = sim
+        .video_track_id(0)
+        .expect("the publisher's video has a track id");
+    let quality = |q| ClientSignal::Subscription {
+        track_ids: vec![track.clone()],
+        enabled: None,
+        quality: Some(q),
+        width: None,
+        height: None,
+        pinned: None,
+    };
+    sim.signal(sub, quality(VideoQuality::Low))?;
+    sim.run_for(5 * SECOND)?;
+    let layer = |s: &NetSim| {
+        s.peer(sub)
+            .rx_track(&track)
+            .and_then(|t| t.layer_at(s.now()))
+    };
+    assert_eq!(layer(&sim), Some(0), "asked for the low layer");
+    let rtx_pt = sim
+        .peer(sub)
+        .rtc
+        .codec_config()
+        .params()
+        .iter()
+        .filter(|c| c.spec().codec == str0m::format::Codec::Vp8)
+        .find_map(|c| c.resend().map(|pt| usize::from(*pt)))
+        .expect("VP8 with RTX negotiated");
+    let rtx_before = sim.peer(sub).downlink.rtp_bytes_by_pt[rtx_pt];
+    let asked = sim.now();
+    sim.signal(sub, quality(VideoQuality::High))?;
+    let up_at = sim.run_until(|s| layer(s).is_some_and(|l| l > 0), 10 * SECOND)?;
+    let took = up_at - asked;
+    let padding = sim.peer(sub).downlink.rtp_bytes_by_pt[rtx_pt] - rtx_before;
+    eprintln!("up-switch {took:?} after the request, {padding} bytes of padding before it");
+    assert!(
+        took >= TRIAL_TIME,
+        "switched {took:?} after the request, before a trial could end"
+    );
+    // Measured: the switch 1.23 s after the request, after 71 kB of
+    // padding (retransmission payload type); without trials 0.34 s and
+    // 9.6 kB (str0m's own probes).
+    assert!(
+        padding > 30_000,
+        "only {padding} bytes of padding before the switch"
+    );
     Ok(())
 }
