@@ -21,8 +21,8 @@ use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 use tracing::{debug, info, warn};
 
 use crate::allocator::{
-    Allocation, Demand, Priority, TrialVerdict, allocate, budget_estimate, max_layer,
-    trial_applies, withhold_increases,
+    Allocation, Demand, IncreaseTrial, Priority, TrialVerdict, allocate, budget_estimate,
+    max_layer, trial_applies, withhold_increases,
 };
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
@@ -1418,6 +1418,8 @@ impl Worker {
                 allocation.used + audio_bps,
             )
         } else {
+            // A trial cut short (loss came, or the server's cap) is over.
+            p.increase_trial = IncreaseTrial::default();
             TrialVerdict::Grant
         };
         if verdict != TrialVerdict::Grant {
