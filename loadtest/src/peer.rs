@@ -306,6 +306,11 @@ impl RxTrack {
         // before its signal arrived: the gap is as excused as after it.
         let excused = std::mem::take(&mut self.gap_excused) || self.server_paused.is_some();
         let first = *self.seq_first.get_or_insert(first_seq);
+        // The server numbers a switched or resumed stream on from the last
+        // packet, so a gap right before this frame is loss, and may have
+        // held the keyframe it started on (dropped at an emulated
+        // bottleneck): that is not a switch or resume without one.
+        let follows_on = first_seq == self.seq_max + 1;
         if excused && !is_first && first_seq > self.seq_max + 1 {
             self.seq_excused += first_seq - self.seq_max - 1;
         }
@@ -320,7 +325,7 @@ impl RxTrack {
         if let Some((layer, last)) = self.last_frame {
             if video && layer != stamp.layer {
                 delta.layer_switches += 1;
-                if !stamp.keyframe {
+                if !stamp.keyframe && follows_on {
                     delta.bad_switches += 1;
                 }
             }
@@ -329,7 +334,7 @@ impl RxTrack {
                 let skipped = u64::from((stamp.frame - last) / step).saturating_sub(1);
                 if !excused {
                     delta.frames_lost += skipped;
-                } else if video && skipped > 0 && !stamp.keyframe {
+                } else if video && skipped > 0 && !stamp.keyframe && follows_on {
                     // Picked up mid-stream after a pause: undecodable.
                     delta.resumes_without_keyframe += 1;
                 }
@@ -1196,6 +1201,23 @@ mod tests {
         // Packets: 8 of 10 sequence numbers arrived in delivered frames.
         assert_eq!((t.packets, t.expected_packets()), (8, 10));
         assert_eq!(d.layer_switches, 2);
+    }
+
+    #[test]
+    fn a_switch_whose_keyframe_was_lost_is_loss_not_a_switch_without_one() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = RxTrack::default();
+        let mut d = Delta::default();
+        t.frame(ms(0), &stamp(0, 0, true, 100), 100, (1, 1), true, &mut d);
+        t.frame(ms(33), &stamp(1, 0, false, 100), 100, (2, 2), true, &mut d);
+        // The switch's keyframe (packets 3..=5) was dropped on the way.
+        t.frame(ms(100), &stamp(3, 1, false, 100), 100, (6, 6), true, &mut d);
+        assert_eq!((d.layer_switches, d.bad_switches), (1, 0));
+        // Straight on from the last packet, a delta frame of another layer
+        // is a switch without a keyframe.
+        t.frame(ms(133), &stamp(4, 2, false, 100), 100, (7, 7), true, &mut d);
+        assert_eq!((d.layer_switches, d.bad_switches), (2, 1));
     }
 
     #[test]
