@@ -503,77 +503,67 @@ mod tests {
         assert_eq!(budget_estimate(None, None, None), None);
     }
 
+    /// Feeds `t` one judgement per step: (ms, estimate, flowing, goal,
+    /// expected verdict), all rates in kbit/s.
+    fn trial_steps(t: &mut IncreaseTrial, steps: &[(u64, u64, u64, u64, TrialVerdict)]) {
+        let t0 = std::time::Instant::now();
+        for &(ms, estimate, flowing, goal, want) in steps {
+            let got = t.judge(
+                t0 + Duration::from_millis(ms),
+                estimate * 1000,
+                flowing * 1000,
+                goal * 1000,
+            );
+            assert_eq!(
+                got, want,
+                "at {ms} ms, estimate {estimate}, {flowing} -> {goal}"
+            );
+        }
+    }
+
     #[test]
     fn an_increase_is_granted_after_padding_that_the_link_carried() {
-        let t0 = std::time::Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut t = IncreaseTrial::default();
-        // 250 kbit/s flow (audio), a resume would make it 450: pad first.
-        assert_eq!(
-            t.judge(at(0), 700_000, 250_000, 450_000),
-            TrialVerdict::Pad(450_000)
-        );
-        assert_eq!(
-            t.judge(at(300), 720_000, 250_000, 450_000),
-            TrialVerdict::Pad(450_000)
-        );
-        // The estimate held above the goal for the trial: grant.
-        assert_eq!(
-            t.judge(at(600), 740_000, 250_000, 460_000),
-            TrialVerdict::Grant
-        );
-        // Once it flows, the next small step needs no trial.
-        assert_eq!(
-            t.judge(at(800), 740_000, 450_000, 500_000),
-            TrialVerdict::Grant
+        use TrialVerdict::{Grant, Pad};
+        trial_steps(
+            &mut IncreaseTrial::default(),
+            &[
+                // 250 kbit/s flow (audio), a resume would make it 450: pad first.
+                (0, 700, 250, 450, Pad(450_000)),
+                (300, 720, 250, 450, Pad(450_000)),
+                // The estimate held above the goal for the trial: grant.
+                (600, 740, 250, 460, Grant),
+                // Once it flows, the next small step needs no trial.
+                (800, 740, 450, 500, Grant),
+            ],
         );
         // Nor does a step that is small beside the estimate.
-        let mut t = IncreaseTrial::default();
-        assert_eq!(
-            t.judge(at(0), 8_000_000, 400_000, 1_200_000),
-            TrialVerdict::Grant
-        );
-        assert_eq!(
-            t.judge(at(0), 8_000_000, 400_000, 1_300_000),
-            TrialVerdict::Pad(1_300_000)
+        trial_steps(
+            &mut IncreaseTrial::default(),
+            &[
+                (0, 8_000, 400, 1_200, Grant),
+                (0, 8_000, 400, 1_300, Pad(1_300_000)),
+            ],
         );
     }
 
     #[test]
     fn a_trial_the_link_did_not_carry_withholds_and_backs_off() {
-        let t0 = std::time::Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut t = IncreaseTrial::default();
-        assert_eq!(
-            t.judge(at(0), 700_000, 250_000, 450_000),
-            TrialVerdict::Pad(450_000)
-        );
-        // GCC cut below the padded rate: no increase, no padding...
-        assert_eq!(
-            t.judge(at(400), 380_000, 250_000, 450_000),
-            TrialVerdict::Withhold
-        );
-        // ...and no new trial until the backoff has passed.
-        assert_eq!(
-            t.judge(at(900), 700_000, 250_000, 450_000),
-            TrialVerdict::Withhold
-        );
-        assert_eq!(
-            t.judge(at(400) + TRIAL_BACKOFF, 700_000, 250_000, 450_000),
-            TrialVerdict::Pad(450_000)
-        );
-        // A goal that grew well past the padded rate is tried anew.
-        assert_eq!(
-            t.judge(at(1_500), 900_000, 250_000, 600_000),
-            TrialVerdict::Pad(600_000)
-        );
-        assert_eq!(
-            t.judge(at(2_000), 900_000, 250_000, 600_000),
-            TrialVerdict::Pad(600_000)
-        );
-        assert_eq!(
-            t.judge(at(2_100), 900_000, 250_000, 600_000),
-            TrialVerdict::Grant
+        use TrialVerdict::{Grant, Pad, Withhold};
+        let backoff_ends = 400 + TRIAL_BACKOFF.as_millis() as u64;
+        trial_steps(
+            &mut IncreaseTrial::default(),
+            &[
+                (0, 700, 250, 450, Pad(450_000)),
+                // GCC cut below the padded rate: no increase, no padding...
+                (400, 380, 250, 450, Withhold),
+                // ...and no new trial until the backoff has passed.
+                (900, 700, 250, 450, Withhold),
+                (backoff_ends, 700, 250, 450, Pad(450_000)),
+                // A goal that grew well past the padded rate is tried anew.
+                (1_500, 900, 250, 600, Pad(600_000)),
+                (2_000, 900, 250, 600, Pad(600_000)),
+                (2_100, 900, 250, 600, Grant),
+            ],
         );
     }
 
