@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use stamma_proto::{ClientSignal, ServerSignal, VideoQuality};
 use stamma_sfu::allocator::TRIAL_TIME;
-use stamma_tests::netsim::{LinkConfig, Links, NetSim, Publish, Video};
+use stamma_tests::netsim::{LinkConfig, Links, NetSim, PeerId, Publish, Video};
 
 const SECOND: Duration = Duration::from_secs(1);
 const MILLI: Duration = Duration::from_millis(1);
@@ -481,6 +481,19 @@ fn a_thin_link_is_probed_without_overflowing_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A subscriber's VP8 payload type and its retransmission (RTX) payload
+/// type, as indexes into the link's per-payload-type byte counts.
+fn vp8_payload_types(sim: &NetSim, peer: PeerId) -> (usize, usize) {
+    sim.peer(peer)
+        .rtc
+        .codec_config()
+        .params()
+        .iter()
+        .filter(|c| c.spec().codec == str0m::format::Codec::Vp8)
+        .find_map(|c| Some((usize::from(*c.pt()), usize::from(*c.resend()?))))
+        .expect("VP8 with RTX negotiated")
+}
+
 /// Retransmissions to a subscriber are capped at a share of the stream
 /// (`RTX_RATIO_CAP`, a quarter): str0m queues a resend per NACKed number,
 /// repeats included, and without a cap a subscriber that kept losing and
@@ -500,15 +513,7 @@ fn retransmissions_to_a_lossy_subscriber_are_capped() -> anyhow::Result<()> {
         down: LinkConfig::kbps(2_000).with_loss(0.4),
     })?;
     sim.settle(10 * SECOND)?;
-    let (media_pt, rtx_pt) = sim
-        .peer(sub)
-        .rtc
-        .codec_config()
-        .params()
-        .iter()
-        .filter(|c| c.spec().codec == str0m::format::Codec::Vp8)
-        .find_map(|c| Some((usize::from(*c.pt()), usize::from(*c.resend()?))))
-        .expect("VP8 with RTX negotiated");
+    let (media_pt, rtx_pt) = vp8_payload_types(&sim, sub);
     let before = sim.peer(sub).downlink.rtp_bytes_by_pt;
     sim.run_for(20 * SECOND)?;
     let after = sim.peer(sub).downlink.rtp_bytes_by_pt;
@@ -705,15 +710,7 @@ fn an_up_switch_on_a_thin_link_is_tried_with_padding_first() -> anyhow::Result<(
             .and_then(|t| t.layer_at(s.now()))
     };
     assert_eq!(layer(&sim), Some(0), "asked for the low layer");
-    let rtx_pt = sim
-        .peer(sub)
-        .rtc
-        .codec_config()
-        .params()
-        .iter()
-        .filter(|c| c.spec().codec == str0m::format::Codec::Vp8)
-        .find_map(|c| c.resend().map(|pt| usize::from(*pt)))
-        .expect("VP8 with RTX negotiated");
+    let (_, rtx_pt) = vp8_payload_types(&sim, sub);
     let rtx_before = sim.peer(sub).downlink.rtp_bytes_by_pt[rtx_pt];
     let asked = sim.now();
     sim.signal(sub, quality(VideoQuality::High))?;
