@@ -1,7 +1,7 @@
 // What the browser tests share: a private network namespace, a `stamma dev`
 // server and its links, Chromium with fake devices, page helpers, axe-core.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
@@ -55,8 +55,14 @@ const LINK_LINES = [
   [/^\s+API secret:\s+(\S+)/, "secret"],
 ];
 
-/** `stamma dev` on loopback for `room`: resolves with its links and API key once it printed all of them. */
+/**
+ * `stamma dev` on loopback for `room`: resolves with its links and API key
+ * once it printed all of them. Its whole log goes to
+ * test-output/server-<room>.log (a failed step prints only the tail; set
+ * RUST_LOG=info,stamma_sfu::worker=debug to see the Allocator's rounds).
+ */
 export function startServer(stamma, room) {
+  const logFile = createWriteStream(new URL(`server-${room}.log`, OUT));
   return new Promise((resolve, reject) => {
     const child = spawn(stamma, ["dev", "--http", "127.0.0.1:0", "--media-port", "0", "--room", room], {
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
@@ -68,6 +74,7 @@ export function startServer(stamma, room) {
     child.on("exit", (code) => reject(new Error(`stamma dev exited with ${code}`)));
     createInterface({ input: child.stdout }).on("line", (line) => {
       serverLog.push(line);
+      logFile.write(`${line}\n`);
       if (serverLog.length > 400) serverLog.shift();
       for (const [re, name] of LINK_LINES) {
         const m = line.match(re);
