@@ -220,6 +220,9 @@ impl PeerHandle {
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// A track counts as flowing if a frame came within this long.
 const FLOWING_WINDOW: Duration = Duration::from_secs(2);
+/// RFC 6464 level (dBov) at and below which the server counts a packet as
+/// silence (its `SILENCE_DB`).
+const SILENT_DBOV: i8 = -70;
 /// A track must have been watched this long before it is expected (a
 /// resumed video waits for a keyframe)...
 const SETTLE: Duration = Duration::from_secs(3);
@@ -718,6 +721,11 @@ impl Peer {
         let t = self.rx.entry(key).or_default();
         let seqs = (**d.seq_range.start(), **d.seq_range.end());
         let first = t.frame(now, &stamp, len, seqs, video, &mut self.delta);
+        // After a silent packet the server's silence gate may hold the next
+        // ones back: the frames it skips are not lost.
+        if !video && d.ext_vals.audio_level.is_some_and(|l| l <= SILENT_DBOV) {
+            t.gap_excused = true;
+        }
         if first && video {
             let since = t.offered_at.unwrap_or(self.started);
             self.first_frame_ms
@@ -986,9 +994,12 @@ impl Peer {
                     None => continue,
                 },
             };
+            // Silence is not expected through: the server's silence gate
+            // keeps an idle microphone's packets back.
             if w.audio_level(level, speaking)
                 .write(pt, now, rtp, data)
                 .is_ok()
+                && speaking
             {
                 shared.note_sent(key, sent_us);
             }

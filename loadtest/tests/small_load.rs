@@ -61,9 +61,15 @@ fn six_participants_for_five_seconds_give_a_sane_clean_report() {
     assert_eq!(r["passed"], true);
     assert_eq!(r["participants"], 6);
     assert_eq!(r["failed"], 0);
-    // Everyone hears and sees the five others.
-    assert_eq!(f(&r, &["tracks_expected"]), 60.0);
-    assert_eq!(f(&r, &["tracks_received"]), 60.0);
+    // Everyone sees the five others and hears the three who speak (the
+    // server's silence gate holds back idle microphones; one who stopped
+    // speaking in the last 2 s is expected too, so up to 60).
+    let expected = f(&r, &["tracks_expected"]);
+    assert!(
+        (45.0..=60.0).contains(&expected),
+        "{expected} tracks expected"
+    );
+    assert_eq!(f(&r, &["tracks_received"]), expected);
     assert!(f(&r, &["loss_pct"]) < 2.0, "{r:#}");
     assert!(f(&r, &["frame_loss_pct"]) < 2.0, "{r:#}");
     let (p50, p99) = (f(&r, &["latency_ms", "p50"]), f(&r, &["latency_ms", "p99"]));

@@ -28,6 +28,8 @@ pub struct SfuConfig {
     /// (pausing what does not fit) rather than delay all media on it; see
     /// `load_shedder`. Needs the allocator.
     pub load_shedding: bool,
+    /// Do not forward the audio of idle microphones (`silence_gate`).
+    pub silence_gate: bool,
     /// Downlink estimate a new subscriber starts from, before feedback.
     pub bwe_initial_kbps: u32,
     /// Where room, participant and track events go (webhooks).
@@ -53,6 +55,7 @@ impl Default for SfuConfig {
             media_timeout: Duration::from_secs(30),
             allocator: true,
             load_shedding: true,
+            silence_gate: true,
             bwe_initial_kbps: 1_000,
             events: crate::EventSink::default(),
             ice_tcp: true,

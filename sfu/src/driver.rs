@@ -240,6 +240,7 @@ struct Exported {
     keyframe_requests_sent: Counter,
     layer_switches: Counter,
     frames_shed: Counter,
+    audio_gated: Counter,
     streams_parked: Counter,
     streams_restored: Counter,
     offers_resent: Counter,
@@ -272,6 +273,7 @@ impl Exported {
             keyframe_requests_sent: metrics::counter!("stamma_keyframe_requests_sent_total"),
             layer_switches: metrics::counter!("stamma_layer_switches_total"),
             frames_shed: metrics::counter!("stamma_video_shed_total"),
+            audio_gated: metrics::counter!("stamma_audio_gated_packets_total"),
             streams_parked: metrics::counter!("stamma_streams_parked_total"),
             streams_restored: metrics::counter!("stamma_streams_restored_total"),
             offers_resent: metrics::counter!("stamma_offers_resent_total"),
@@ -311,6 +313,7 @@ impl Exported {
             ),
             (&self.layer_switches, s.layer_switches, l.layer_switches),
             (&self.frames_shed, s.frames_shed, l.frames_shed),
+            (&self.audio_gated, s.audio_gated, l.audio_gated),
             (&self.streams_parked, s.streams_parked, l.streams_parked),
             (
                 &self.streams_restored,

@@ -1,7 +1,7 @@
 //! The Stämma media plane: a selective forwarding unit on str0m.
 //!
 //! The core ([`Worker`], [`room`], [`participant`], [`track`], [`subscription`],
-//! [`forwarder`], [`allocator`], [`speaker`], [`load_shedder`]) is sans-IO: it takes datagrams, commands and the current time
+//! [`forwarder`], [`allocator`], [`speaker`], [`silence_gate`], [`load_shedder`]) is sans-IO: it takes datagrams, commands and the current time
 //! and returns datagrams to send and signals for participants. The UDP socket,
 //! the thread and the clock live in [`driver`].
 
@@ -19,6 +19,7 @@ pub mod parked_stream;
 pub mod participant;
 pub mod room;
 pub mod send_backlog;
+pub mod silence_gate;
 pub mod speaker;
 pub mod subscription;
 #[cfg(feature = "test-tap")]

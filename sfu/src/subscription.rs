@@ -68,6 +68,9 @@ pub struct Subscription {
     /// When a packet was last written to the outgoing stream (or the stream
     /// was restored, or first looked at idle).
     pub last_sent: Option<Instant>,
+    /// The publisher's `SilenceGate` closings this subscription has caught
+    /// up with (audio).
+    pub gate_closings: u32,
 }
 
 impl Subscription {
@@ -109,6 +112,7 @@ impl Subscription {
             shed_layer: None,
             parked: None,
             last_sent: None,
+            gate_closings: 0,
         }
     }
 }

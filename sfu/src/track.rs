@@ -8,6 +8,7 @@ use str0m::media::{Mid, Pt, Rid};
 use str0m::rtp::Ssrc;
 
 use crate::send_backlog::LastKeyframe;
+use crate::silence_gate::SilenceGate;
 
 /// Keyframe requests to a publisher are sent at most this often per layer:
 /// many subscribers asking at once must not flood the publisher.
@@ -191,6 +192,8 @@ pub struct Track {
     pub size: Option<(u32, u32)>,
     /// The payload type last seen and its codec, so packets skip the lookup.
     pub codec: Option<(Pt, Codec)>,
+    /// Audio only: whether its packets are forwarded (not while idle).
+    pub silence_gate: SilenceGate,
 }
 
 /// Most simulcast layers a track may have (browsers send up to three).
@@ -228,6 +231,7 @@ impl Track {
             layers,
             size: None,
             codec: None,
+            silence_gate: SilenceGate::default(),
         }
     }
 

@@ -125,6 +125,8 @@ pub struct WorkerStats {
     /// Times a subscription started shedding video frames because its send
     /// queue was over the limit (`send_backlog`).
     pub frames_shed: u64,
+    /// Audio packets of idle microphones not forwarded (`silence_gate`).
+    pub audio_gated: u64,
     /// Idle outgoing streams taken out of str0m, and put back on a packet
     /// (`parked_stream`).
     pub streams_parked: u64,
@@ -1347,7 +1349,10 @@ impl Worker {
                 continue;
             };
             if s.kind == MediaKind::Audio {
-                audio_bps += t.layers[0].rate.bps().unwrap_or(0);
+                // A gated microphone sends this subscriber nothing.
+                if !self.config.silence_gate || t.silence_gate.is_open() {
+                    audio_bps += t.layers[0].rate.bps().unwrap_or(0);
+                }
                 continue;
             }
             let mut costs = [0; MAX_LAYERS];
@@ -2076,9 +2081,22 @@ impl Worker {
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
         };
-        if !is_video && let Some(level) = pkt.header.ext_vals.audio_level {
-            room.speakers
-                .observe((publisher, mid), attenuation_db(level), now);
+        let level = pkt.header.ext_vals.audio_level.map(attenuation_db);
+        let mut gate_closings = 0;
+        if !is_video {
+            // Every level counts for the speaker detection, also the ones
+            // whose packets the gate keeps back.
+            if let Some(db) = level {
+                room.speakers.observe((publisher, mid), db, now);
+            }
+            if self.config.silence_gate {
+                let gate = &mut p.published[index].silence_gate;
+                if !gate.admit(now, level) {
+                    self.stats.audio_gated += 1;
+                    return;
+                }
+                gate_closings = gate.closings();
+            }
         }
         let mut subscribers = std::mem::take(&mut self.scratch);
         subscribers.clear();
@@ -2205,6 +2223,13 @@ impl Worker {
                     self.stats.layer_switches += 1;
                 }
                 s.current = Some(layer);
+                s.forwarder.restart();
+            }
+            if s.gate_closings != gate_closings {
+                // The publisher's microphone was gated since this
+                // subscription's last packet: a new segment, numbered on
+                // from it.
+                s.gate_closings = gate_closings;
                 s.forwarder.restart();
             }
             let (seq_out, ts_out, patch) = match s.forwarder.forward(

@@ -167,6 +167,7 @@ struct MediaSection {
     max_participants_per_room: Option<usize>,
     allocator: Option<bool>,
     load_shedding: Option<bool>,
+    silence_gate: Option<bool>,
     bwe_initial_kbps: Option<u32>,
     ice_tcp: Option<bool>,
 }
@@ -283,6 +284,9 @@ impl ServerConfig {
         if let Some(l) = file.media.load_shedding {
             c.media.load_shedding = l;
         }
+        if let Some(g) = file.media.silence_gate {
+            c.media.silence_gate = g;
+        }
         if let Some(k) = file.media.bwe_initial_kbps {
             c.media.bwe_initial_kbps = k;
         }
@@ -397,6 +401,9 @@ impl ServerConfig {
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_LOAD_SHEDDING")? {
             self.media.load_shedding = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_MEDIA_SILENCE_GATE")? {
+            self.media.silence_gate = v;
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_BWE_INITIAL_KBPS")? {
             self.media.bwe_initial_kbps = v;

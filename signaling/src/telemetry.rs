@@ -117,6 +117,10 @@ fn describe() {
         "Times a subscriber's video began shedding frames because its send queue held more than 150 ms"
     );
     describe_counter!(
+        "stamma_audio_gated_packets_total",
+        "Audio packets of idle microphones not forwarded (silence gate)"
+    );
+    describe_counter!(
         "stamma_streams_parked_total",
         "Outgoing streams taken out of the media stack after 2 s with nothing to send"
     );

@@ -1,0 +1,105 @@
+//! The SilenceGate on the virtual clock: an idle microphone's packets stay
+//! at the server, and the subscriber's stream goes on without a gap when its
+//! owner speaks again.
+
+use std::time::Duration;
+
+use stamma_proto::MediaKind;
+use stamma_sfu::SfuConfig;
+use stamma_sfu::silence_gate::HANGOVER;
+use stamma_tests::netsim::{Links, NetSim, Publish, RxPacket, Video};
+
+const SECOND: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+/// The audio packets a one-publisher meeting's subscriber received while
+/// its publisher spoke for 2 s, was silent for 3 s, spoke for 2 s.
+fn speech_silence_speech(config: SfuConfig) -> anyhow::Result<(Vec<RxPacket>, Duration, u64)> {
+    let mut sim = NetSim::new(config)?;
+    let publisher = sim.add_publisher(
+        Publish::video(Video::Single).with_audio(),
+        Links::symmetric(5_000),
+    )?;
+    let sub = sim.add_subscriber(Links::symmetric(5_000))?;
+    sim.settle(10 * SECOND)?;
+    sim.set_speaking(publisher, Some(-30));
+    sim.run_for(2 * SECOND)?;
+    let silent_from = sim.now();
+    sim.set_speaking(publisher, None);
+    sim.run_for(3 * SECOND)?;
+    sim.set_speaking(publisher, Some(-30));
+    sim.run_for(2 * SECOND)?;
+    let audio = sim
+        .peer(sub)
+        .rx
+        .iter()
+        .find(|t| t.kind == Some(MediaKind::Audio))
+        .map(|t| t.packets.clone())
+        .unwrap_or_default();
+    Ok((audio, silent_from, sim.worker().stats().audio_gated))
+}
+
+#[test]
+fn an_idle_microphone_is_held_back_and_its_stream_goes_on_without_a_gap() -> anyhow::Result<()> {
+    let (audio, silent_from, gated) = speech_silence_speech(NetSim::config())?;
+    // Packets arrive within tens of milliseconds of being sent on these links.
+    let late = 100 * MS;
+    let during =
+        |from: Duration, to: Duration| audio.iter().filter(|p| p.at >= from && p.at < to).count();
+    let hung = during(silent_from, silent_from + HANGOVER + late);
+    let idle = during(silent_from + HANGOVER + late, silent_from + 3 * SECOND);
+    let after = during(silent_from + 3 * SECOND, silent_from + 5 * SECOND);
+    eprintln!(
+        "{} audio packets; in the silence {hung} within the hangover, {idle} after it; {after} once speaking again; {gated} gated",
+        audio.len()
+    );
+    assert!(hung >= 25, "the hangover's silence passes: {hung}");
+    assert_eq!(
+        idle, 0,
+        "an idle microphone's packets reached the subscriber"
+    );
+    assert!(
+        after >= 90,
+        "speech after the silence: {after} packets in 2 s"
+    );
+    assert!(gated >= 100, "{gated} packets gated");
+    // One stream: every sequence number follows the one before, and the
+    // timestamp carries the pause (48 kHz), as after DTX.
+    for w in audio.windows(2) {
+        assert_eq!(
+            w[1].seq,
+            w[0].seq + 1,
+            "gap in the sequence numbers at {:?}",
+            w[1].at
+        );
+    }
+    let (before, resumed) = audio
+        .windows(2)
+        .map(|w| (&w[0], &w[1]))
+        .max_by_key(|(a, b)| b.at - a.at)
+        .expect("packets");
+    let pause = resumed.at - before.at;
+    let ticks = resumed.timestamp.wrapping_sub(before.timestamp);
+    let carried = Duration::from_micros(u64::from(ticks) * 1_000 / 48);
+    assert!(
+        carried.abs_diff(pause) <= 40 * MS,
+        "the timestamp moved {carried:?} over a pause of {pause:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn with_the_gate_off_silence_is_forwarded() -> anyhow::Result<()> {
+    let config = SfuConfig {
+        silence_gate: false,
+        ..NetSim::config()
+    };
+    let (audio, silent_from, gated) = speech_silence_speech(config)?;
+    let idle = audio
+        .iter()
+        .filter(|p| p.at >= silent_from + SECOND && p.at < silent_from + 3 * SECOND)
+        .count();
+    assert!(idle >= 90, "{idle} packets in 2 s of silence");
+    assert_eq!(gated, 0);
+    Ok(())
+}
