@@ -5,10 +5,9 @@
 //! is idle, yet each keeps sending: Opus DTX comfort noise every 400 ms, or
 //! 50 packets a second from a browser that does not use DTX. Every such
 //! packet goes to every subscriber. Measured with the load tester on two
-//! cores (`meeting-50`, 30 s): without the gate the server forwarded
-//! 18,900-20,900 packets/s at 45-48 % CPU; with it 12,300-13,000 packets/s
-//! at 28-30 %, for the same video. Behind 1 Mbit/s a subscriber's audio
-//! also leaves more of its estimate to video.
+//! cores (`meeting-50 --simulcast`, 30 s): without the gate the server
+//! forwarded 21,500 packets/s at 45 % of a core; with it 13,900-15,200 at
+//! 26-32 %, for as much video (the README's Capacity section).
 //!
 //! The gate is judged once per packet of a published audio track, from the
 //! RFC 6464 level in the RTP header (in the clear also with end-to-end
