@@ -110,14 +110,16 @@ export function linkCreate(srv, args) {
 }
 
 /**
- * A WAV file of a steady sine tone for Chromium's fake microphone
- * (`--use-file-for-fake-audio-capture`, which loops it): 2 s, 48 kHz mono
- * 16-bit, a whole number of periods so the loop has no click. Written into
+ * A WAV file of a sine tone for Chromium's fake microphone
+ * (`--use-file-for-fake-audio-capture`, which loops it): `toneSeconds` of
+ * tone (a whole number of periods, so the loop has no click), then
+ * `silenceSeconds` of digital silence; 48 kHz mono 16-bit. Written into
  * test-output/, never committed.
  */
-export function toneWav(hz) {
+export function toneWav(hz, { toneSeconds = 2, silenceSeconds = 0 } = {}) {
   const rate = 48_000;
-  const n = rate * 2;
+  const tone = rate * toneSeconds;
+  const n = rate * (toneSeconds + silenceSeconds);
   const buf = Buffer.alloc(44 + 2 * n);
   buf.write("RIFF", 0);
   buf.writeUInt32LE(36 + 2 * n, 4);
@@ -131,8 +133,8 @@ export function toneWav(hz) {
   buf.writeUInt16LE(16, 34);
   buf.write("data", 36);
   buf.writeUInt32LE(2 * n, 40);
-  for (let i = 0; i < n; i++) buf.writeInt16LE(Math.round(10_000 * Math.sin((2 * Math.PI * hz * i) / rate)), 44 + 2 * i);
-  const path = new URL(`tone-${hz}hz.wav`, OUT).pathname;
+  for (let i = 0; i < tone; i++) buf.writeInt16LE(Math.round(10_000 * Math.sin((2 * Math.PI * hz * i) / rate)), 44 + 2 * i);
+  const path = new URL(`tone-${hz}hz-${toneSeconds}s-${silenceSeconds}s.wav`, OUT).pathname;
   writeFileSync(path, buf);
   return path;
 }
@@ -215,7 +217,7 @@ export async function join(page, name, { keyboard = false } = {}) {
 /** What a page receives from one participant: video packets, frames received and decoded; audio packets, samples, concealment and energy. */
 export const fromParticipant = (page, pid) => page.evaluate(async (pid) => {
   const pc = window.stamma.pc;
-  const out = { packets: 0, frames: 0, decoded: 0, samples: 0, concealed: 0, energy: 0, audioPackets: 0 };
+  const out = { packets: 0, frames: 0, decoded: 0, samples: 0, concealed: 0, energy: 0, audioPackets: 0, audioLost: 0 };
   if (!pc) return out;
   const mids = window.stamma.connection.midToTrack;
   const ours = new Set();
@@ -231,6 +233,7 @@ export const fromParticipant = (page, pid) => page.evaluate(async (pid) => {
       out.decoded += s.framesDecoded || 0;
     } else {
       out.audioPackets += s.packetsReceived || 0;
+      out.audioLost += s.packetsLost || 0;
       out.samples += s.totalSamplesReceived || 0;
       out.concealed += s.concealedSamples || 0;
       out.energy += s.totalAudioEnergy || 0;
