@@ -449,10 +449,6 @@ fn a_lost_server_offer_is_sent_again() -> anyhow::Result<()> {
 /// was everything wanted (16 Mbit/s): in 3 of 8 runs a probe of ~380 padding
 /// packets in 16 ms hit the 1 Mbit/s link and 53–275 datagrams were lost
 /// (str0m's SSRCs are random, so runs differ; with the ceiling 0 in 12).
-/// Since idle microphones are gated (their three silent tracks no longer
-/// take a share of the estimate) the link carries 750-790 kbit/s instead of
-/// 370-550, and at that fill ordinary congestion costs a datagram now and
-/// then (0-4 in 30 s, in 5 runs): a few are allowed, a probe burst is not.
 #[test]
 fn a_thin_link_is_probed_without_overflowing_it() -> anyhow::Result<()> {
     let mut sim = NetSim::new(NetSim::config())?;
@@ -473,8 +469,11 @@ fn a_thin_link_is_probed_without_overflowing_it() -> anyhow::Result<()> {
         link.losses() - lost_before,
         link.max_queueing
     );
-    let lost = link.losses() - lost_before;
-    assert!(lost <= 10, "{lost} datagrams lost at the subscriber's link");
+    assert_eq!(
+        link.losses() - lost_before,
+        0,
+        "datagrams lost at the subscriber's link"
+    );
     assert!(
         kbps > 150.0,
         "only {kbps:.0} kbit/s: not even the audio got through"
