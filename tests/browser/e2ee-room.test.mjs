@@ -25,7 +25,7 @@
 // usage: node e2ee-room.test.mjs path/to/stamma path/to/stamma-test-participant
 // Runs inside its own network namespace with only loopback when it can.
 import {
-  OUT, STEP_TIMEOUT_MS, axeScan, children, enterNetns, fail, fromParticipant, join, launchChromium,
+  OUT, STEP_TIMEOUT_MS, axeScan, children, enterNetns, fail, fromParticipant, join, launchChromium, mediaDelta, mediaDeltaUntil,
   adminToken, linkCreate, openPage, pictures, rustParticipant, serverLog, startServer, step, toneWav, waitFor,
 } from "./harness.mjs";
 
@@ -39,25 +39,13 @@ enterNetns();
 const ROOM = "sekretess";
 let failed = false;
 
-/** How the counters of `fromParticipant` moved over `ms`. */
-async function delta(page, pid, ms = 1500) {
-  const a = await fromParticipant(page, pid);
-  await page.waitForTimeout(ms);
-  const b = await fromParticipant(page, pid);
-  return Object.fromEntries(Object.keys(b).map((k) => [k, +(b[k] - a[k]).toFixed(4)]));
-}
-
 /** Waits until `page` decodes `pid`'s video and hears its audio (not concealment). */
 async function expectDecodes(page, pid, who) {
-  const deadline = Date.now() + STEP_TIMEOUT_MS;
-  let d;
-  while (Date.now() < deadline) {
-    d = await delta(page, pid);
-    // Real audio: samples that are not concealment, with energy (the fake
-    // microphone's tone); concealment of dropped frames is near silence.
-    const heard = d.samples > 0 && d.samples - d.concealed > d.samples / 2 && d.energy > 0;
-    if (d.decoded > 0 && heard) return d;
-  }
+  // Real audio: samples that are not concealment, with energy (the fake
+  // microphone's tone); concealment of dropped frames is near silence.
+  const heard = (d) => d.samples > 0 && d.samples - d.concealed > d.samples / 2 && d.energy > 0;
+  const d = await mediaDeltaUntil(page, pid, (d) => d.decoded > 0 && heard(d));
+  if (d.decoded > 0 && heard(d)) return d;
   const state = await page.evaluate(() => ({ ...window.stamma.debug(), e2ee: window.stamma.e2ee })).catch(() => null);
   console.error(`${page.label} state: ${JSON.stringify(state, null, 1)}`);
   console.error(`--- last server log lines ---\n${serverLog.join("\n")}\n---`);
@@ -165,11 +153,7 @@ try {
   // Let media flow for a while, then compare.
   await cecilia.waitForTimeout(3000);
   for (const [who, pid] of [["Anna", ids.anna], ["Björn", ids.bjorn]]) {
-    // Until a 2 s window has both: on a busy machine the Allocator may hold
-    // a tile paused for a while when the estimate dips.
-    const deadline = Date.now() + STEP_TIMEOUT_MS;
-    let d = await delta(cecilia, pid, 2000);
-    while (!(d.packets > 0 && d.audioPackets > 0) && Date.now() < deadline) d = await delta(cecilia, pid, 2000);
+    const d = await mediaDeltaUntil(cecilia, pid, (d) => d.packets > 0 && d.audioPackets > 0, 2000);
     const total = await fromParticipant(cecilia, pid);
     if (!(d.packets > 0 && d.audioPackets > 0)) fail(`cecilia receives no packets from ${who}: ${JSON.stringify(d)}`);
     // The VP8 frame tag is in clear (the SFU reads it), so the decoder takes
@@ -188,7 +172,7 @@ try {
   if (pc.shown || !(await cecilia.evaluate(() => document.querySelector("#e2ee").hidden))) fail("cecilia shows a padlock");
   for (const p of [anna, bjorn]) {
     const total = await fromParticipant(p, ids.cecilia);
-    const d = await delta(p, ids.cecilia, 1500);
+    const d = await mediaDelta(p, ids.cecilia, 1500);
     if (!(d.packets > 0)) fail(`${p.label} receives no packets from cecilia: ${JSON.stringify(d)}`);
     if (total.decoded > 0 || d.decoded > 0) fail(`${p.label} decoded cecilia's clear video: ${JSON.stringify(total)}`);
     console.log(`${p.label} <- cecilia: ${d.packets} packets in 1.5 s, ${total.decoded} frames decoded in all`);
@@ -302,7 +286,7 @@ try {
   // to three windows counts: a page without the key reaches half in none.
   let steady;
   for (let i = 0; i < 3; i++) {
-    steady = await delta(anna, rust.id, 3000);
+    steady = await mediaDelta(anna, rust.id, 3000);
     if (steady.frames > 0 && steady.decoded >= 0.5 * steady.frames) break;
     console.log(`a window with ${steady.decoded} of ${steady.frames} frames decoded; trying another`);
   }

@@ -242,6 +242,26 @@ export const fromParticipant = (page, pid) => page.evaluate(async (pid) => {
   return out;
 }, pid);
 
+/** How the counters of `fromParticipant` moved over `ms`. */
+export async function mediaDelta(page, pid, ms = 1500) {
+  const a = await fromParticipant(page, pid);
+  await page.waitForTimeout(ms);
+  const b = await fromParticipant(page, pid);
+  return Object.fromEntries(Object.keys(b).map((k) => [k, +(b[k] - a[k]).toFixed(4)]));
+}
+
+/**
+ * `mediaDelta` windows of `ms` until one satisfies `ok`, for at most the
+ * step timeout: a tile may start paused, or pause for a while when its
+ * subscriber's estimate dips. Returns the last window; the caller judges it.
+ */
+export async function mediaDeltaUntil(page, pid, ok, ms = 1500) {
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  let d = await mediaDelta(page, pid, ms);
+  while (!ok(d) && Date.now() < deadline) d = await mediaDelta(page, pid, ms);
+  return d;
+}
+
 /** axe-core on the page as it is: no serious or critical violation. */
 export async function axeScan(page, name) {
   await page.evaluate(AXE_SOURCE);

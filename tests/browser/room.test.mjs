@@ -16,7 +16,7 @@
 // Runs inside its own network namespace with only loopback when it can, so no
 // packet leaves 127.0.0.0/8.
 import {
-  STEP_TIMEOUT_MS, OUT, axeScan, children, enterNetns, fail, fromParticipant, join, launchChromium, toneWav,
+  STEP_TIMEOUT_MS, OUT, axeScan, children, enterNetns, fail, fromParticipant, join, launchChromium, mediaDeltaUntil, toneWav,
   linkCreate, openPage, pictures, rustParticipant, serverLog, startServer, step, waitFor,
 } from "./harness.mjs";
 
@@ -239,22 +239,13 @@ try {
   // tile's video starts paused while its cost (nominal until measured) does
   // not fit the host's estimate, which on a busy 2-core machine can sit at a
   // few hundred kbit/s for seconds.
-  const decodeDeadline = Date.now() + STEP_TIMEOUT_MS;
   const decodeStart = Date.now();
-  let a1 = await fromParticipant(anna, rust.id);
-  let a2;
-  for (;;) {
-    await anna.waitForTimeout(1500);
-    a2 = await fromParticipant(anna, rust.id);
-    if (a2.samples > a1.samples && a2.energy > a1.energy && a2.decoded > a1.decoded) break;
-    if (Date.now() > decodeDeadline) {
-      fail(`the browser does not decode the Rust client's media: ${JSON.stringify({ a1, a2 })}`);
-    }
-    a1 = a2;
-  }
+  const decodes = (d) => d.samples > 0 && d.energy > 0 && d.decoded > 0;
+  const d = await mediaDeltaUntil(anna, rust.id, decodes);
+  if (!decodes(d)) fail(`the browser does not decode the Rust client's media: ${JSON.stringify(d)}`);
   const grey = (await pictures(anna))[rust.id];
   if (!(grey && grey.grey > 0.9)) fail(`the Rust client's tile does not show its grey picture: ${JSON.stringify(grey)}`);
-  console.log(`browser decodes the Rust client: ${a2.samples - a1.samples} audio samples (energy ${(a2.energy - a1.energy).toFixed(3)}), ${a2.decoded - a1.decoded} of ${a2.frames - a1.frames} video frames in 1.5 s (window ended ${Date.now() - decodeStart} ms after the tile appeared); its tile is ${grey.grey} grey`);
+  console.log(`browser decodes the Rust client: ${d.samples} audio samples (energy ${d.energy.toFixed(3)}), ${d.decoded} of ${d.frames} video frames in 1.5 s (window ended ${Date.now() - decodeStart} ms after the tile appeared); its tile is ${grey.grey} grey`);
   const heard = await rust.until((r) => r.audio_from.includes(ids.anna) && r.video_from.includes(ids.anna), "receives the browser's audio and video");
   console.log(`Rust client receives the browser's audio and video: ${JSON.stringify(heard)}`);
   rust.stop();
