@@ -2085,9 +2085,9 @@ impl Worker {
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return;
         };
-        let level = pkt.header.ext_vals.audio_level.map(attenuation_db);
         let mut gate_closings = 0;
         if !is_video {
+            let level = pkt.header.ext_vals.audio_level.map(attenuation_db);
             // Every level counts for the speaker detection, also the ones
             // whose packets the gate keeps back.
             if let Some(db) = level {
