@@ -30,6 +30,8 @@ pub struct SfuConfig {
     pub load_shedding: bool,
     /// Do not forward the audio of idle microphones (`silence_gate`).
     pub silence_gate: bool,
+    /// Ask clients to send Opus with DTX (`usedtx=1` in our SDP).
+    pub opus_dtx: bool,
     /// Downlink estimate a new subscriber starts from, before feedback.
     pub bwe_initial_kbps: u32,
     /// Where room, participant and track events go (webhooks).
@@ -56,6 +58,7 @@ impl Default for SfuConfig {
             allocator: true,
             load_shedding: true,
             silence_gate: true,
+            opus_dtx: true,
             bwe_initial_kbps: 1_000,
             events: crate::EventSink::default(),
             ice_tcp: true,

@@ -527,6 +527,7 @@ impl Worker {
             self.candidate_addr,
             self.config.ice_tcp,
             bwe,
+            self.config.opus_dtx,
             now,
         ) {
             Ok(p) => p,
@@ -2457,6 +2458,67 @@ mod sans_io_tests {
             Some(ToParticipant::Signal(ServerSignal::Joined { participants, .. })) if participants.len() == 1
         ));
         assert_eq!(w.participant_count(), 2);
+    }
+
+    /// The Opus fmtp line of the server's answer to a client that offers
+    /// one microphone (str0m's own Opus parameters, as browsers send them).
+    fn answered_opus_fmtp(opus_dtx: bool) -> String {
+        let mut w = worker(Duration::from_secs(30));
+        w.config.opus_dtx = opus_dtx;
+        let now = Instant::now();
+        let mut rx = join(&mut w, now, "PA_1", "r", "alice");
+        drain(&mut rx);
+        let mut client = str0m::Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .build(now);
+        let mut api = client.sdp_api();
+        let mid = api.add_media(
+            str0m::media::MediaKind::Audio,
+            Direction::SendOnly,
+            None,
+            None,
+            None,
+        );
+        let (offer, _) = api.apply().expect("an offer");
+        w.handle_command(
+            now,
+            Command::Signal {
+                participant_id: "PA_1".into(),
+                signal: ClientSignal::Offer {
+                    sdp: offer.to_sdp_string(),
+                    tracks: vec![PublishedTrack {
+                        mid: mid.to_string(),
+                        kind: MediaKind::Audio,
+                        source: TrackSource::Microphone,
+                        width: None,
+                        height: None,
+                    }],
+                },
+            },
+        );
+        let got = drain(&mut rx);
+        let sdp = got
+            .iter()
+            .find_map(|m| match m {
+                ToParticipant::Signal(ServerSignal::Answer { sdp, .. }) => Some(sdp.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no answer: {got:?}"));
+        sdp.lines()
+            .find(|l| l.starts_with("a=fmtp:111 "))
+            .unwrap_or_else(|| panic!("no Opus fmtp: {sdp}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn clients_are_asked_for_opus_dtx_unless_it_is_off() {
+        let on = answered_opus_fmtp(true);
+        assert!(on.contains("usedtx=1"), "{on}");
+        // The rest of the parameters stay what str0m offers.
+        assert!(on.contains("useinbandfec=1"), "{on}");
+        let off = answered_opus_fmtp(false);
+        assert!(!off.contains("usedtx"), "{off}");
     }
 
     #[test]

@@ -168,6 +168,7 @@ struct MediaSection {
     allocator: Option<bool>,
     load_shedding: Option<bool>,
     silence_gate: Option<bool>,
+    opus_dtx: Option<bool>,
     bwe_initial_kbps: Option<u32>,
     ice_tcp: Option<bool>,
 }
@@ -287,6 +288,9 @@ impl ServerConfig {
         if let Some(g) = file.media.silence_gate {
             c.media.silence_gate = g;
         }
+        if let Some(d) = file.media.opus_dtx {
+            c.media.opus_dtx = d;
+        }
         if let Some(k) = file.media.bwe_initial_kbps {
             c.media.bwe_initial_kbps = k;
         }
@@ -404,6 +408,9 @@ impl ServerConfig {
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_SILENCE_GATE")? {
             self.media.silence_gate = v;
+        }
+        if let Some(v) = env(vars, "STAMMA_MEDIA_OPUS_DTX")? {
+            self.media.opus_dtx = v;
         }
         if let Some(v) = env(vars, "STAMMA_MEDIA_BWE_INITIAL_KBPS")? {
             self.media.bwe_initial_kbps = v;
@@ -654,6 +661,24 @@ secret = "a-secret-of-at-least-32-bytes-length"
         .map(|_| ())
         .unwrap_err();
         assert!(message(e).contains("STAMMA_WEBHOOK_URL"));
+    }
+
+    #[test]
+    fn opus_dtx_is_on_unless_the_file_or_env_turns_it_off() -> anyhow::Result<()> {
+        assert!(load(BASE, &[])?.media.opus_dtx);
+        let text = BASE.replace("[media]\n", "[media]\nopus_dtx = false\n");
+        assert!(!load(&text, &[])?.media.opus_dtx);
+        assert!(
+            load(&text, &[("STAMMA_MEDIA_OPUS_DTX", "true")])?
+                .media
+                .opus_dtx
+        );
+        assert!(
+            !load(BASE, &[("STAMMA_MEDIA_OPUS_DTX", "false")])?
+                .media
+                .opus_dtx
+        );
+        Ok(())
     }
 
     #[test]
