@@ -275,9 +275,7 @@ impl IncreaseTrial {
             }
         }
     }
-}
 
-impl IncreaseTrial {
     /// An increase from `flowing` to `goal` was granted at `now`: on probation.
     fn note_grant(&mut self, now: std::time::Instant, flowing: u64, goal: u64) {
         let before = self.granted.map_or(flowing, |(_, b, _)| b.min(flowing));
