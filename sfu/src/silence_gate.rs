@@ -64,11 +64,6 @@ impl SilenceGate {
         self.open
     }
 
-    /// Whether packets pass now (what the Allocator reserves audio for).
-    pub fn is_open(&self) -> bool {
-        self.open
-    }
-
     pub fn closings(&self) -> u32 {
         self.closings
     }
@@ -90,7 +85,7 @@ mod tests {
         assert!(!g.admit(t0 + 400 * MS, Some(127)));
         assert_eq!(g.closings(), 0, "it never was open");
         assert!(g.admit(t0 + 420 * MS, VOICED));
-        assert!(g.is_open());
+        assert!(g.open);
     }
 
     #[test]
@@ -105,7 +100,7 @@ mod tests {
         assert!(!g.admit(t0 + HANGOVER, QUIET));
         assert!(!g.admit(t0 + HANGOVER + 400 * MS, QUIET));
         assert_eq!(g.closings(), 1, "closed once, not per packet");
-        assert!(!g.is_open());
+        assert!(!g.open);
         // Speech again, then silence again: a second closing.
         let t1 = t0 + 2 * HANGOVER;
         assert!(g.admit(t1, VOICED));
@@ -119,7 +114,7 @@ mod tests {
         let t0 = Instant::now();
         let mut g = SilenceGate::default();
         assert!(g.admit(t0, None));
-        assert!(g.is_open());
+        assert!(g.open);
         // A silent level after them closes at once: nothing voiced to hang on.
         assert!(!g.admit(t0 + 20 * MS, QUIET));
         assert_eq!(g.closings(), 1);
