@@ -147,6 +147,8 @@ pub enum PeerCmd {
     ),
     /// The videos watched now (`None`: all of them).
     Watch(Option<Vec<u32>>),
+    /// The speaker shown large now.
+    Stage(Option<u32>),
     /// The server stopped (`true`, `track_paused`) or restarted (`false`,
     /// `track_resumed`) delivering a track to us.
     ServerPause(TrackKey, bool),
@@ -201,6 +203,10 @@ impl PeerHandle {
 
     pub async fn watch(&self, videos: Option<Vec<u32>>) {
         let _ = self.cmds.send(PeerCmd::Watch(videos)).await;
+    }
+
+    pub async fn stage(&self, speaker: Option<u32>) {
+        let _ = self.cmds.send(PeerCmd::Stage(speaker)).await;
     }
 
     pub async fn server_pause(&self, key: TrackKey, paused: bool) {
@@ -343,11 +349,7 @@ impl RxTrack {
                 }
             }
         }
-        let interval = if video {
-            Duration::from_millis(1000 * u64::from(stamp.step) / u64::from(VIDEO_FPS))
-        } else {
-            AUDIO_FRAME
-        };
+        let interval = frame_interval(stamp, video);
         if video {
             let layer = usize::from(stamp.layer).min(delta.layer_us.len() - 1);
             delta.layer_us[layer] += interval.as_micros() as u64;
@@ -412,6 +414,15 @@ impl RxTrack {
     }
 }
 
+/// How long a received frame is on screen (video) or plays (audio).
+fn frame_interval(stamp: &FrameStamp, video: bool) -> Duration {
+    if video {
+        Duration::from_millis(1000 * u64::from(stamp.step) / u64::from(VIDEO_FPS))
+    } else {
+        AUDIO_FRAME
+    }
+}
+
 /// Whether a watch list (`None`: everything) includes `sender`'s video.
 fn watches(watch: &Option<Vec<u32>>, sender: u32) -> bool {
     watch.as_ref().is_none_or(|w| w.contains(&sender))
@@ -439,6 +450,8 @@ struct Peer {
     mid_video: HashMap<Mid, bool>,
     watch: Option<Vec<u32>>,
     watch_since: HashMap<u32, Instant>,
+    /// The speaker shown large.
+    stage: Option<u32>,
     started: Instant,
     first_frame_ms: Vec<f64>,
     delta: Delta,
@@ -505,6 +518,7 @@ pub async fn spawn(
         mid_video: HashMap::new(),
         watch: None,
         watch_since: HashMap::new(),
+        stage: None,
         started: now,
         first_frame_ms: Vec::new(),
         delta: Delta::default(),
@@ -586,7 +600,10 @@ impl Peer {
                 PeerCmd::AcceptOffer(_, _, r) => {
                     drop(r.send(Err("media connection failed".into())))
                 }
-                PeerCmd::Watch(_) | PeerCmd::ServerPause(..) | PeerCmd::PublishLayers(_) => {}
+                PeerCmd::Watch(_)
+                | PeerCmd::Stage(_)
+                | PeerCmd::ServerPause(..)
+                | PeerCmd::PublishLayers(_) => {}
             }
         }
     }
@@ -721,6 +738,10 @@ impl Peer {
         let t = self.rx.entry(key).or_default();
         let seqs = (**d.seq_range.start(), **d.seq_range.end());
         let first = t.frame(now, &stamp, len, seqs, video, &mut self.delta);
+        if video && self.stage == Some(key.sender) {
+            let layer = usize::from(stamp.layer).min(self.delta.stage_layer_us.len() - 1);
+            self.delta.stage_layer_us[layer] += frame_interval(&stamp, video).as_micros() as u64;
+        }
         // After a silent packet the server's silence gate may hold the next
         // ones back: the frames it skips are not lost.
         if !video && d.ext_vals.audio_level.is_some_and(|l| l <= SILENT_DBOV) {
@@ -748,6 +769,10 @@ impl Peer {
             {
                 self.delta.video_track_us += interval.as_micros() as u64;
                 self.delta.paused_us += paused.min(interval).as_micros() as u64;
+                if self.stage == Some(key.sender) {
+                    self.delta.stage_us += interval.as_micros() as u64;
+                    self.delta.stage_paused_us += paused.min(interval).as_micros() as u64;
+                }
             }
             if t.seq_first.is_none() {
                 continue;
@@ -837,6 +862,7 @@ impl Peer {
                 }
                 self.watch = videos;
             }
+            PeerCmd::Stage(speaker) => self.stage = speaker,
             PeerCmd::ServerPause(key, paused) => {
                 self.rx
                     .entry(key)

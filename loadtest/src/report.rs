@@ -45,6 +45,18 @@ pub struct LayerShare {
     pub f: f64,
 }
 
+/// The stage (the speaker each subscriber shows large): share of its
+/// watched time, percent, that the server reported paused, and that frames
+/// of each simulcast layer were on screen. What is left to 100 is time the
+/// tile waited for frames (a freeze, or a switch waiting for its keyframe).
+#[derive(Debug, Serialize)]
+pub struct StageShare {
+    pub paused: f64,
+    pub q: f64,
+    pub h: f64,
+    pub f: f64,
+}
+
 /// Per subscriber over the measurement window, kbit/s: mean and 95th
 /// percentile of its 1-s rates, before the bottleneck (what the server
 /// sent) and after it (what the subscriber got).
@@ -199,6 +211,7 @@ pub struct Report {
     /// one of the scenario's current speakers (the 2 s after each rotation
     /// not sampled); `None` if no speaker was ever reported.
     pub dominant_speaker_match_pct: Option<f64>,
+    pub stage_pct: Option<StageShare>,
     pub jitter_ms: P2,
     pub latency_ms: P3,
     /// Audio frames only.
@@ -422,6 +435,15 @@ impl Report {
             speakers_changed: total.speakers_changed,
             dominant_speaker_match_pct: (total.dominant_checks > 0)
                 .then(|| round2(pct(total.dominant_matches, total.dominant_checks))),
+            stage_pct: (total.stage_us > 0).then(|| {
+                let share = |us| round2(pct(us, total.stage_us));
+                StageShare {
+                    paused: share(total.stage_paused_us),
+                    q: share(total.stage_layer_us[0]),
+                    h: share(total.stage_layer_us[1]),
+                    f: share(total.stage_layer_us[2]),
+                }
+            }),
             jitter_ms: P2 {
                 p50: ms(percentile(&mut total.jitter_us, 0.5)),
                 p99: ms(percentile(&mut total.jitter_us, 0.99)),
@@ -550,6 +572,15 @@ impl Report {
                     self.speakers_changed,
                     opt(self.dominant_speaker_match_pct)
                 ),
+            ),
+            (
+                "stage (speaker shown large)",
+                self.stage_pct.as_ref().map_or("-".into(), |s| {
+                    format!(
+                        "paused {} %; q / h / f {} / {} / {} % of its time",
+                        s.paused, s.q, s.h, s.f
+                    )
+                }),
             ),
             ("latency p50 / p95 / p99", self.latency_ms.text()),
             ("audio latency p50/p95/p99", self.audio_latency_ms.text()),

@@ -90,9 +90,9 @@ impl Room {
     }
 
     /// The `subscription` signals that bring the server up to date: pause
-    /// and resume for a grid page (`None`: all watched) or for watching
-    /// nothing; and, when watching, every video tile at low quality but the
-    /// dominant speaker's, which is shown large. Tracks needing the same
+    /// and resume for a grid page (`None`: all watched) and the stage, or
+    /// for watching nothing; and, when watching, every video tile at low
+    /// quality but the dominant speaker's, which is shown large. Tracks needing the same
     /// settings share one signal, so a join costs one message, not two
     /// (the server limits clients to 20 a second).
     fn changes(&mut self, watch_all: bool, page: Option<&[u32]>) -> Vec<ClientSignal> {
@@ -110,7 +110,8 @@ impl Room {
             } else if !key.video {
                 true
             } else {
-                page.is_none_or(|p| p.contains(&key.sender))
+                // The speaker is on the stage, whatever the grid page.
+                page.is_none_or(|p| p.contains(&key.sender)) || self.dominant == Some(key.sender)
             };
             let paused = self.paused.contains(id);
             let enabled = (want == paused).then_some(want);
@@ -287,6 +288,15 @@ async fn session(
         Some(Vec::new())
     })
     .await;
+    // What the peer is told it watches: the page and the stage.
+    let on_screen = |page: &Option<Vec<u32>>, stage: Option<u32>| {
+        page.clone().map(|mut p| {
+            if let Some(s) = stage.filter(|s| !p.contains(s)) {
+                p.push(s);
+            }
+            p
+        })
+    };
     let mut shift_at = tokio::time::Instant::now() + sc.grid_shift;
     let mut ping_at = tokio::time::Instant::now() + PING_EVERY;
     let mut sample_at = tokio::time::Instant::now() + DOMINANT_SAMPLE;
@@ -356,6 +366,10 @@ async fn session(
                         if first.is_some() && first != room.dominant {
                             room.dominant = first;
                             room.changed = true;
+                            peer.stage(first).await;
+                            if watch_all {
+                                peer.watch(on_screen(&current, room.dominant)).await;
+                            }
                         }
                     }
                     ServerSignal::PublishLayers { track_id, mid, layers } => {
@@ -379,7 +393,7 @@ async fn session(
                 current = page(shifts);
                 room.changed = true;
                 if watch_all {
-                    peer.watch(current.clone()).await;
+                    peer.watch(on_screen(&current, room.dominant)).await;
                 }
                 shift_at += sc.grid_shift;
             }
@@ -487,7 +501,8 @@ mod tests {
             "nothing changed"
         );
         // 2 becomes the dominant speaker, then 3: the one before goes back
-        // to low; quality is set whether or not the tile is on the page.
+        // to low; the speaker is watched on the stage also when not on the
+        // page, and paused again when it leaves the stage.
         room.dominant = Some(2);
         let s = page_changes(&mut room);
         assert_eq!(s, vec![(vec!["v2".into()], None, Some(VideoQuality::High))]);
@@ -497,7 +512,16 @@ mod tests {
             s,
             vec![
                 (vec!["v2".into()], None, Some(VideoQuality::Low)),
-                (vec!["v3".into()], None, Some(VideoQuality::High)),
+                (vec!["v3".into()], Some(true), Some(VideoQuality::High)),
+            ]
+        );
+        room.dominant = Some(1);
+        let s = page_changes(&mut room);
+        assert_eq!(
+            s,
+            vec![
+                (vec!["v1".into()], None, Some(VideoQuality::High)),
+                (vec!["v3".into()], Some(false), Some(VideoQuality::Low)),
             ]
         );
     }

@@ -60,6 +60,13 @@ pub struct Delta {
     /// of the scenario's current speakers.
     pub dominant_checks: u64,
     pub dominant_matches: u64,
+    /// The stage: the video of the speaker a subscriber shows large (the
+    /// last dominant speaker it was told of). Watched time (µs), the part
+    /// the server reported paused, and received time per layer (q, h, f),
+    /// as in `video_track_us`, `paused_us` and `layer_us`.
+    pub stage_us: u64,
+    pub stage_paused_us: u64,
+    pub stage_layer_us: [u64; 3],
     /// Per subscriber, about once a second: RTP bytes before and after the
     /// emulated bottleneck.
     pub rates: Vec<RateSample>,
@@ -126,6 +133,11 @@ impl Delta {
         self.speakers_changed += d.speakers_changed;
         self.dominant_checks += d.dominant_checks;
         self.dominant_matches += d.dominant_matches;
+        self.stage_us += d.stage_us;
+        self.stage_paused_us += d.stage_paused_us;
+        for (a, b) in self.stage_layer_us.iter_mut().zip(d.stage_layer_us) {
+            *a += b;
+        }
         self.rates.extend(d.rates);
     }
 }
