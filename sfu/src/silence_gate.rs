@@ -36,6 +36,8 @@ pub const HANGOVER: Duration = Duration::from_millis(600);
 pub struct SilenceGate {
     last_voiced: Option<Instant>,
     open: bool,
+    /// Whether the last packet carried a level.
+    levelled: bool,
     /// How often the gate closed; a subscription that last saw another
     /// count restarts its forwarder.
     closings: u32,
@@ -45,6 +47,7 @@ impl SilenceGate {
     /// Whether a packet whose level is `attenuation` dB below full scale
     /// (`None`: the packet has no level) is forwarded.
     pub fn admit(&mut self, now: Instant, attenuation: Option<u8>) -> bool {
+        self.levelled = attenuation.is_some();
         match attenuation {
             Some(db) if db < SILENCE_DB => {
                 self.last_voiced = Some(now);
@@ -62,6 +65,17 @@ impl SilenceGate {
             None => self.open = true,
         }
         self.open
+    }
+
+    /// Whether the last packet was forwarded.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Whether the last packet carried a level: without one the gate
+    /// stays open, and judges nothing.
+    pub fn is_levelled(&self) -> bool {
+        self.levelled
     }
 
     pub fn closings(&self) -> u32 {
@@ -115,9 +129,12 @@ mod tests {
         let mut g = SilenceGate::default();
         assert!(g.admit(t0, None));
         assert!(g.open);
+        assert!(!g.is_levelled());
         // A silent level after them closes at once: nothing voiced to hang on.
         assert!(!g.admit(t0 + 20 * MS, QUIET));
+        assert!(g.is_levelled());
         assert_eq!(g.closings(), 1);
         assert!(g.admit(t0 + 40 * MS, None));
+        assert!(!g.is_levelled());
     }
 }

@@ -21,8 +21,8 @@ use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 use tracing::{debug, info, warn};
 
 use crate::allocator::{
-    Allocation, Demand, IncreaseTrial, Priority, TrialVerdict, allocate, budget_estimate,
-    max_layer, trial_applies, withhold_increases,
+    Allocation, AudioReserve, Demand, IncreaseTrial, Priority, TrialVerdict, allocate,
+    budget_estimate, max_layer, trial_applies, withhold_increases,
 };
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
@@ -1336,7 +1336,7 @@ impl Worker {
         // Per demand: (subscription index, live layers, top layer).
         let mut slots = std::mem::take(&mut self.demand_slots);
         slots.clear();
-        let mut audio_bps = 0u64;
+        let mut audio = AudioReserve::default();
         for (si, s) in p.subscriptions.iter().enumerate() {
             if !s.enabled || s.state == SubscriptionState::Removing {
                 continue;
@@ -1350,14 +1350,14 @@ impl Worker {
                 continue;
             };
             if s.kind == MediaKind::Audio {
-                // Also for a microphone the SilenceGate holds back (the rate
-                // is what its publisher sends, DTX included): it may speak
-                // at any moment, and its first words should not queue
-                // behind video given its share. Measured behind 1 Mbit/s,
-                // meeting-50: handing that share to video paused 97.6-97.8 %
-                // instead of 98.5 % of the grid, but p99 latency rose from
-                // 33-34 ms to 46-64 ms (a meeting of 10: 106-116 ms).
-                audio_bps += t.layers[0].rate.bps().unwrap_or(0);
+                let measured = t.layers[0].rate.bps().unwrap_or(0);
+                if !self.config.silence_gate || !t.silence_gate.is_levelled() {
+                    audio.ungated(measured);
+                } else if t.silence_gate.is_open() && t.layers[0].is_live(now) && !t.muted {
+                    audio.speaking(measured);
+                } else {
+                    audio.idle();
+                }
                 continue;
             }
             let mut costs = [0; MAX_LAYERS];
@@ -1391,6 +1391,7 @@ impl Worker {
             .then(|| u64::from(self.config.bwe_initial_kbps) * 1000);
         let connected_for = p.connected_at.map(|t| now.saturating_duration_since(t));
         let estimate = budget_estimate(p.bwe_bps, initial, connected_for).unwrap_or(UNLIMITED_BPS);
+        let audio_bps = audio.bps();
         let by_estimate = estimate.saturating_sub(audio_bps);
         let cap = self.shedder.cap().unwrap_or(u64::MAX);
         let budget = by_estimate.min(cap);
@@ -2087,6 +2088,7 @@ impl Worker {
             return;
         };
         let mut gate_closings = 0;
+        let mut gate_opened = false;
         if !is_video {
             let level = pkt.header.ext_vals.audio_level.map(attenuation_db);
             // Every level counts for the speaker detection, also the ones
@@ -2096,10 +2098,12 @@ impl Worker {
             }
             if self.config.silence_gate {
                 let gate = &mut p.published[index].silence_gate;
+                let was_open = gate.is_open();
                 if !gate.admit(now, level) {
                     self.stats.audio_gated += 1;
                     return;
                 }
+                gate_opened = !was_open;
                 gate_closings = gate.closings();
             }
         }
@@ -2111,8 +2115,9 @@ impl Worker {
                 .copied()
                 .filter(|k| *k != publisher),
         );
-        if came_back && is_video {
-            // A layer the publisher (re)started changes what can be forwarded.
+        // A layer the publisher (re)started changes what can be forwarded; a
+        // voice that starts takes its share of every subscriber's budget.
+        if (came_back && is_video) || gate_opened {
             for &k in &subscribers {
                 if let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) {
                     q.allocation_due = true;

@@ -103,3 +103,50 @@ fn with_the_gate_off_silence_is_forwarded() -> anyhow::Result<()> {
     assert_eq!(gated, 0);
     Ok(())
 }
+
+/// What a subscriber behind `down_kbps` receives of a speaker's video in a
+/// room where ten more microphones are open and idle (sending silence at
+/// 50 packets a second, as clients without DTX do): kbit/s over the last
+/// 5 s of 20, and the longest gap between its frames then.
+fn speaker_video_among_idle_microphones(down_kbps: u32) -> anyhow::Result<(f64, Duration)> {
+    let mut sim = NetSim::new(NetSim::config())?;
+    let speaker = sim.add_publisher(
+        Publish::video(Video::Simulcast).with_audio(),
+        Links::symmetric(5_000),
+    )?;
+    for _ in 0..10 {
+        sim.add_publisher(
+            Publish {
+                video: None,
+                audio: true,
+            },
+            Links::symmetric(5_000),
+        )?;
+    }
+    let sub = sim.add_subscriber(Links::new(5_000, down_kbps))?;
+    sim.settle(10 * SECOND)?;
+    sim.set_speaking(speaker, Some(-30));
+    sim.run_for(20 * SECOND)?;
+    let to = sim.now();
+    let from = to - 5 * SECOND;
+    let video = sim
+        .peer(sub)
+        .rx_video()
+        .next()
+        .map(|t| (t.kbps_between(from, to), t.max_frame_gap(from, to)))
+        .unwrap_or((0.0, 5 * SECOND));
+    Ok(video)
+}
+
+#[test]
+fn idle_microphones_leave_the_speakers_video_its_room() -> anyhow::Result<()> {
+    // Audio is never paused, so its share comes off the video budget first.
+    // Ten idle microphones send 10 x 38 kbit/s, but the gate forwards none
+    // of it: counted at that rate they left a 700 kbit/s link no room for
+    // the speaker's lowest layer.
+    let (kbps, gap) = speaker_video_among_idle_microphones(700)?;
+    eprintln!("speaker's video behind 700 kbit/s: {kbps:.0} kbit/s, longest gap {gap:?}");
+    assert!(kbps >= 100.0, "the speaker's video got {kbps:.0} kbit/s");
+    assert!(gap <= 500 * MS, "the speaker's video stopped for {gap:?}");
+    Ok(())
+}
