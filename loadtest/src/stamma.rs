@@ -92,9 +92,9 @@ impl Room {
     /// The `subscription` signals that bring the server up to date: pause
     /// and resume for a grid page (`None`: all watched) and the stage, or
     /// for watching nothing; and, when watching, every video tile at low
-    /// quality but the dominant speaker's, which is shown large. Tracks needing the same
-    /// settings share one signal, so a join costs one message, not two
-    /// (the server limits clients to 20 a second).
+    /// quality but the dominant speaker's, which is shown large. Tracks
+    /// needing the same settings share one signal, so a join costs one
+    /// message, not two (the server limits clients to 20 a second).
     fn changes(&mut self, watch_all: bool, page: Option<&[u32]>) -> Vec<ClientSignal> {
         if !std::mem::take(&mut self.changed) {
             return Vec::new();
