@@ -17,6 +17,7 @@ pub mod ice_tcp;
 pub mod load_shedder;
 pub mod parked_stream;
 pub mod participant;
+pub mod release_queue;
 pub mod room;
 pub mod send_backlog;
 pub mod silence_gate;

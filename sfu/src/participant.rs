@@ -13,11 +13,14 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, FormatParams};
 use str0m::media::Mid;
 use str0m::net::TcpType;
+use str0m::rtp::RtpWrite;
 use str0m::{Candidate, IceCreds, Reason, Rtc};
 use tokio::sync::mpsc;
 
 use crate::allocator::{EstimateStall, IncreaseTrial};
 use crate::command::{JoinRequest, ToParticipant};
+use crate::demux::ParticipantKey;
+use crate::release_queue::ReleaseQueue;
 use crate::subscription::{Subscription, SubscriptionState};
 use crate::track::Track;
 
@@ -105,6 +108,18 @@ pub struct Participant {
     pub timeout_reason: Reason,
     /// RTP datagrams this connection has sent.
     pub rtp_sent: u64,
+    /// Video waiting for its time on this subscriber's link.
+    pub release: ReleaseQueue<HeldStream, RtpWrite>,
+}
+
+/// Which stream a held packet is for: the outgoing m-line, and the track it
+/// forwards (an m-line can be reused for another track before the packet
+/// leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldStream {
+    pub mid: Mid,
+    pub publisher: ParticipantKey,
+    pub source_mid: Mid,
 }
 
 /// Our Opus parameters with `usedtx=1`: browsers configure their encoder
@@ -224,6 +239,7 @@ impl Participant {
             wrote_video: false,
             timeout_reason: Reason::NotHappening,
             rtp_sent: 0,
+            release: ReleaseQueue::default(),
         })
     }
 

@@ -21,8 +21,8 @@ use str0m::{Event, IceConnectionState, Input, Output, PacerReason, Reason};
 use tracing::{debug, info, warn};
 
 use crate::allocator::{
-    Allocation, AudioReserve, Demand, IncreaseTrial, Priority, TrialVerdict, allocate,
-    budget_estimate, max_layer, trial_applies, withhold_increases,
+    Allocation, AudioReserve, Demand, IncreaseTrial, Priority, TRIAL_AFTER_CONNECT, TrialVerdict,
+    allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
 };
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
@@ -31,7 +31,7 @@ use crate::event::MediaEvent;
 use crate::forwarder::Forward;
 use crate::load_shedder::{Change, LoadShedder, VideoLoad};
 use crate::parked_stream::{park_idle, restore_all};
-use crate::participant::{Participant, PendingOffer};
+use crate::participant::{HeldStream, Participant, PendingOffer};
 use crate::room::Room;
 use crate::send_backlog::SendBacklog;
 use crate::speaker::attenuation_db;
@@ -441,13 +441,15 @@ impl Worker {
         if now >= self.next_tick {
             self.tick(now);
         }
+        self.release_held(now);
         self.settle(now);
         self.reap_signal_failures();
         self.earliest = self
             .participants
             .iter()
             .flatten()
-            .filter_map(|p| p.next_timeout)
+            .flat_map(|p| [p.next_timeout, p.release.next_release()])
+            .flatten()
             .min();
     }
 
@@ -1438,6 +1440,17 @@ impl Worker {
         }
         p.video_used_bps = allocation.used;
         p.video_wanted_bps = allocation.wanted;
+        // Video goes to the link at the budget the estimate leaves it, but
+        // never slower than what was allocated: that would only build a
+        // queue here (see `release_queue`). Not in the first seconds, while
+        // str0m's start-up probes find the link (and send what is queued at
+        // their rate): held to the estimate of those seconds, a 4-s meeting
+        // of four on the loopback had a video latency p99 of 128 ms.
+        let settled = connected_for.is_some_and(|d| d >= TRIAL_AFTER_CONNECT);
+        p.release.set_rate(
+            (self.config.allocator && p.bwe_bps.is_some() && settled)
+                .then_some(by_estimate.max(allocation.used)),
+        );
         if let Some(bps) = p.bwe_bps
             && self.bwe_samples.len() < MAX_BWE_SAMPLES
         {
@@ -1468,6 +1481,13 @@ impl Worker {
                     // Paused: stop at once, and start on a keyframe when resumed.
                     s.current = None;
                     s.forwarder.restart();
+                    if let Some(mid) = s.mid {
+                        p.release.drop_stream(HeldStream {
+                            mid,
+                            publisher: s.publisher,
+                            source_mid: s.source_mid,
+                        });
+                    }
                 } else if let Some(t) = target
                     && s.current != target
                     && s.state == SubscriptionState::Active
@@ -1742,6 +1762,52 @@ impl Worker {
         }
         due.clear();
         self.send_due = due;
+    }
+
+    /// Write the held video whose time on the link has come (see
+    /// `release_queue`); `settle` sends it.
+    fn release_held(&mut self, now: Instant) {
+        for key in 0..self.participants.len() {
+            let Some(p) = self.participants[key].as_mut() else {
+                continue;
+            };
+            if p.release.next_release().is_none_or(|t| t > now) {
+                continue;
+            }
+            let mut wrote = 0;
+            while let Some((stream, write)) = p.release.release(now) {
+                // The subscription may be gone, or its m-line reused.
+                let Some(s) = p.subscriptions.iter_mut().find(|s| {
+                    s.mid == Some(stream.mid)
+                        && s.publisher == stream.publisher
+                        && s.source_mid == stream.source_mid
+                }) else {
+                    continue;
+                };
+                if let Some(parked) = s.parked.take() {
+                    parked.restore(&mut p.rtc, stream.mid);
+                    s.stream_configured = false;
+                    self.stats.streams_restored += 1;
+                }
+                let mut api = p.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(stream.mid, None) else {
+                    continue;
+                };
+                if !std::mem::replace(&mut s.stream_configured, true) {
+                    fresh_rtx_cache(tx);
+                }
+                tx.write_rtp(write);
+                s.last_sent = Some(now);
+                wrote += 1;
+            }
+            if wrote > 0 {
+                p.written += wrote;
+                p.wrote_video = true;
+                if !std::mem::replace(&mut p.send_due, true) {
+                    self.send_due.push(key);
+                }
+            }
+        }
     }
 
     /// Remove participants whose signal queue overflowed or whose session is
@@ -2188,7 +2254,7 @@ impl Worker {
                 && self.config.allocator
                 && let Some(estimate) = q.bwe_bps
             {
-                let backlog = tx
+                let mut backlog = tx
                     .queue_info()
                     .map(|i| SendBacklog {
                         queued_bytes: i.byte_size() as u64,
@@ -2197,6 +2263,16 @@ impl Worker {
                             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t)),
                     })
                     .unwrap_or_default();
+                // What waits in front of str0m counts as queued too.
+                let (held, held_since) = q.release.held_for(HeldStream {
+                    mid: out_mid,
+                    publisher,
+                    source_mid: mid,
+                });
+                backlog.queued_bytes += held;
+                if let Some(t) = held_since {
+                    backlog.oldest_wait = backlog.oldest_wait.max(now.saturating_duration_since(t));
+                }
                 // Judged on the layer it forwards, whose latest keyframe it
                 // forwarded too.
                 if s.current == Some(layer) {
@@ -2277,9 +2353,26 @@ impl Worker {
             if configure {
                 fresh_rtx_cache(tx);
             }
-            tx.write_rtp(write);
             self.stats.rtp_forwarded += 1;
             self.stats.rtp_forwarded_bytes += pkt.payload.len() as u64;
+            // Audio is never held: it is what suffers from a queue.
+            let write = if is_video {
+                let stream = HeldStream {
+                    mid: out_mid,
+                    publisher,
+                    source_mid: mid,
+                };
+                q.release.offer(now, stream, pkt.payload.len(), write)
+            } else {
+                Some(write)
+            };
+            let Some(write) = write else {
+                if let Some(t) = q.release.next_release() {
+                    self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
+                }
+                continue;
+            };
+            tx.write_rtp(write);
             q.written += 1;
             q.wrote_video |= is_video;
             if !std::mem::replace(&mut q.send_due, true) {
