@@ -1481,13 +1481,9 @@ impl Worker {
                     // Paused: stop at once, and start on a keyframe when resumed.
                     s.current = None;
                     s.forwarder.restart();
-                    if let Some(mid) = s.mid {
-                        p.release.drop_stream(HeldStream {
-                            mid,
-                            publisher: s.publisher,
-                            source_mid: s.source_mid,
-                        });
-                    }
+                    // What is held for it still goes: its sequence numbers
+                    // are taken, and the subscriber would see a gap and a
+                    // cut frame.
                 } else if let Some(t) = target
                     && s.current != target
                     && s.state == SubscriptionState::Active
