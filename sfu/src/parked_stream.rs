@@ -67,13 +67,22 @@ impl ParkedStream {
 /// Restore every parked stream of a connection (before an SDP change).
 pub fn restore_all(rtc: &mut Rtc, subscriptions: &mut [Subscription]) {
     for s in subscriptions {
-        if let (Some(parked), Some(mid)) = (s.parked, s.mid) {
-            s.parked = None;
-            // The restored stream has str0m's default retransmission cache.
-            s.stream_configured = false;
-            parked.restore(rtc, mid);
+        if let Some(mid) = s.mid {
+            unpark(rtc, s, mid);
         }
     }
+}
+
+/// Put `s`'s stream (on m-line `mid`) back if it is parked, before anything
+/// is written to it. True if it was parked.
+pub fn unpark(rtc: &mut Rtc, s: &mut Subscription, mid: Mid) -> bool {
+    let Some(parked) = s.parked.take() else {
+        return false;
+    };
+    // The restored stream has str0m's default retransmission cache.
+    s.stream_configured = false;
+    parked.restore(rtc, mid);
+    true
 }
 
 /// Park the streams of `subscriptions` that have sent nothing for

@@ -73,10 +73,6 @@ impl<K: Copy + PartialEq, P> ReleaseQueue<K, P> {
         self.rate_bps = bps.map(|b| b.max(MIN_RATE_BPS));
     }
 
-    pub fn rate_bps(&self) -> Option<u64> {
-        self.rate_bps
-    }
-
     /// A packet with `payload` bytes arrives at `now`: Some(packet) to write
     /// at once, None if it was queued (or dropped: the queue is full).
     pub fn offer(&mut self, now: Instant, stream: K, payload: usize, packet: P) -> Option<P> {
@@ -160,6 +156,13 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A queue releasing at `bps`, and the time it starts at.
+    fn paced(bps: u64) -> (Instant, ReleaseQueue<u8, u32>) {
+        let mut q = ReleaseQueue::default();
+        q.set_rate(Some(bps));
+        (Instant::now(), q)
+    }
+
     #[test]
     fn without_a_rate_everything_passes() {
         let now = Instant::now();
@@ -173,9 +176,7 @@ mod tests {
 
     #[test]
     fn a_keyframe_leaves_at_the_rate_not_at_once() {
-        let t0 = Instant::now();
-        let mut q: ReleaseQueue<u8, u32> = ReleaseQueue::default();
-        q.set_rate(Some(480_000));
+        let (t0, mut q) = paced(480_000);
         // Nine 1140-byte packets (1200 on the link: 20 ms each at 480 kbit/s)
         // arrive together.
         let passed: Vec<u32> = (0..9).filter_map(|i| q.offer(t0, 1, 1140, i)).collect();
@@ -206,9 +207,7 @@ mod tests {
 
     #[test]
     fn packets_within_the_rate_pass_straight_through() {
-        let t0 = Instant::now();
-        let mut q: ReleaseQueue<u8, u32> = ReleaseQueue::default();
-        q.set_rate(Some(1_000_000));
+        let (t0, mut q) = paced(1_000_000);
         // A 150 kbit/s layer: a 1250-byte frame every 66 ms.
         for i in 0..30u32 {
             let now = t0 + 66 * MS * i;
@@ -219,9 +218,7 @@ mod tests {
 
     #[test]
     fn while_anything_waits_later_packets_queue_behind_it_whatever_their_stream() {
-        let t0 = Instant::now();
-        let mut q: ReleaseQueue<u8, u32> = ReleaseQueue::default();
-        q.set_rate(Some(200_000));
+        let (t0, mut q) = paced(200_000);
         assert_eq!(q.offer(t0, 1, 1140, 0), Some(0));
         assert_eq!(q.offer(t0, 1, 1140, 1), None);
         // Much later than its own turn would be, but 1 still waits: first
@@ -235,9 +232,7 @@ mod tests {
 
     #[test]
     fn held_bytes_are_counted_per_stream() {
-        let t0 = Instant::now();
-        let mut q: ReleaseQueue<u8, u32> = ReleaseQueue::default();
-        q.set_rate(Some(100_000));
+        let (t0, mut q) = paced(100_000);
         q.offer(t0, 1, 940, 0);
         q.offer(t0, 1, 940, 1);
         q.offer(t0 + MS, 2, 440, 2);
@@ -250,9 +245,7 @@ mod tests {
 
     #[test]
     fn turning_pacing_off_empties_the_queue_at_once() {
-        let t0 = Instant::now();
-        let mut q: ReleaseQueue<u8, u32> = ReleaseQueue::default();
-        q.set_rate(Some(100_000));
+        let (t0, mut q) = paced(100_000);
         for i in 0..5 {
             q.offer(t0, 1, 1140, i);
         }
@@ -263,9 +256,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded() {
-        let t0 = Instant::now();
-        let mut q: ReleaseQueue<u8, u32> = ReleaseQueue::default();
-        q.set_rate(Some(100_000));
+        let (t0, mut q) = paced(100_000);
         for i in 0..(MAX_HELD as u32 + 10) {
             q.offer(t0, 1, 1140, i);
         }

@@ -30,7 +30,7 @@ use crate::demux::{Demux, ParticipantKey, is_rtp};
 use crate::event::MediaEvent;
 use crate::forwarder::Forward;
 use crate::load_shedder::{Change, LoadShedder, VideoLoad};
-use crate::parked_stream::{park_idle, restore_all};
+use crate::parked_stream::{park_idle, restore_all, unpark};
 use crate::participant::{HeldStream, Participant, PendingOffer};
 use crate::room::Room;
 use crate::send_backlog::SendBacklog;
@@ -1780,9 +1780,7 @@ impl Worker {
                 }) else {
                     continue;
                 };
-                if let Some(parked) = s.parked.take() {
-                    parked.restore(&mut p.rtc, stream.mid);
-                    s.stream_configured = false;
+                if unpark(&mut p.rtc, s, stream.mid) {
                     self.stats.streams_restored += 1;
                 }
                 let mut api = p.rtc.direct_api();
@@ -2233,10 +2231,7 @@ impl Worker {
                 }
             };
             s.last_sent = Some(now);
-            if let Some(parked) = s.parked.take() {
-                parked.restore(&mut q.rtc, out_mid);
-                // The restored stream has str0m's default retransmission cache.
-                s.stream_configured = false;
+            if unpark(&mut q.rtc, s, out_mid) {
                 self.stats.streams_restored += 1;
             }
             // One lookup of the outgoing stream serves the backlog check and
