@@ -829,7 +829,7 @@ impl Worker {
             ));
         }
         for (publisher, mid, layer) in keyframes {
-            self.request_keyframe(now, publisher, mid, layer);
+            self.request_keyframe(now, publisher, mid, layer, false);
         }
     }
 
@@ -996,7 +996,7 @@ impl Worker {
             p.allocation_due = true;
         }
         for (publisher, mid, layer) in newly_active {
-            self.request_keyframe(now, publisher, mid, layer);
+            self.request_keyframe(now, publisher, mid, layer, false);
         }
         self.maybe_offer(now, key);
     }
@@ -1271,7 +1271,7 @@ impl Worker {
             }
         }
         for &(key, mid, layer) in &owed {
-            self.request_keyframe(now, key, mid, layer);
+            self.request_keyframe(now, key, mid, layer, false);
         }
         self.layer_scratch = owed;
     }
@@ -1567,7 +1567,7 @@ impl Worker {
         self.demand_slots = slots;
         self.alloc_out = out;
         for (publisher, mid, layer) in keyframes {
-            self.request_keyframe(now, publisher, mid, layer);
+            self.request_keyframe(now, publisher, mid, layer, false);
         }
     }
 
@@ -1900,7 +1900,7 @@ impl Worker {
                     return;
                 };
                 let (publisher, mid) = (s.publisher, s.source_mid);
-                self.request_keyframe(now, publisher, mid, layer);
+                self.request_keyframe(now, publisher, mid, layer, false);
             }
             // str0m counts NACKs per outgoing stream and reports the totals
             // every stats interval; count what is new since the last report.
@@ -1932,7 +1932,7 @@ impl Worker {
                     .collect();
                 p.allocation_due = true;
                 for (publisher, mid, layer) in wanted {
-                    self.request_keyframe(now, publisher, mid, layer);
+                    self.request_keyframe(now, publisher, mid, layer, false);
                 }
             }
             Event::IceConnectionStateChange(state) => {
@@ -2019,14 +2019,17 @@ impl Worker {
     }
 
     /// Ask the publisher of `mid` for a keyframe on one layer, at most once
-    /// per [`crate::track::KEYFRAME_REQUEST_INTERVAL`] per layer; a refused request is
-    /// remembered and sent by the tick when the interval is over.
+    /// per [`crate::track::KEYFRAME_REQUEST_INTERVAL`] per layer (or
+    /// [`crate::track::UNWATCHED_KEYFRAME_INTERVAL`] while nobody receives
+    /// the layer: `unwatched`); a refused request is remembered and sent by
+    /// the tick when the interval is over.
     fn request_keyframe(
         &mut self,
         now: Instant,
         publisher: ParticipantKey,
         mid: Mid,
         layer: usize,
+        unwatched: bool,
     ) {
         let Some(p) = self
             .participants
@@ -2039,7 +2042,7 @@ impl Worker {
         let Some(l) = t.layers.get_mut(layer) else {
             return;
         };
-        if !l.allow_keyframe_request(now) {
+        if !l.allow_keyframe_request(now, unwatched) {
             return;
         }
         let rid = l.rid;
@@ -2192,6 +2195,9 @@ impl Worker {
             ..ExtensionValues::default()
         };
         let mut need_keyframe = false;
+        // Whether any subscriber receives this layer: if none does, a
+        // keyframe reaches only those waiting for one.
+        let mut watched = false;
         for &k in &subscribers {
             let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) else {
                 continue;
@@ -2327,6 +2333,7 @@ impl Worker {
                 }
                 Forward::Stale => continue,
             };
+            watched = true;
             let configure = !std::mem::replace(&mut s.stream_configured, true);
             let mut write = RtpWrite::new(
                 out_pt,
@@ -2372,7 +2379,7 @@ impl Worker {
         }
         self.scratch = subscribers;
         if need_keyframe {
-            self.request_keyframe(now, publisher, mid, layer);
+            self.request_keyframe(now, publisher, mid, layer, !watched);
         }
     }
 }

@@ -173,6 +173,44 @@ fn twenty_keyframe_requests_in_100_ms_reach_the_publisher_once() -> anyhow::Resu
     Ok(())
 }
 
+/// The first subscriber of a video gets its first picture soon after its
+/// media connection is up: the keyframe asked for when it subscribed arrived
+/// before that and reached nobody, and while nobody receives the layer the
+/// next request need not wait out the interval that protects watched layers.
+#[test]
+fn the_first_subscriber_sees_video_soon_after_connecting() -> anyhow::Result<()> {
+    let mut sim = NetSim::new(NetSim::config())?;
+    sim.add_publisher(Publish::video(Video::Single), Links::symmetric(10_000))?;
+    sim.settle(10 * SECOND)?;
+    sim.run_to(4 * SECOND)?;
+    let joiner = sim.add_subscriber(Links::symmetric(10_000))?;
+    let first_frame = |sim: &NetSim| {
+        sim.peer(joiner)
+            .rx_video()
+            .filter_map(|t| t.frames.first().map(|f| f.at))
+            .min()
+    };
+    sim.run_until(|sim| first_frame(sim).is_some(), 5 * SECOND)?;
+    let connected = sim.peer(joiner).connected_at.expect("the joiner connected");
+    let waited = first_frame(&sim)
+        .expect("a frame")
+        .saturating_sub(connected);
+    let requests = sim
+        .peer(0)
+        .publisher
+        .as_ref()
+        .expect("publisher")
+        .keyframe_requests(None);
+    println!(
+        "joiner connected at {connected:?}, first frame after {waited:?}; requests {requests:?}"
+    );
+    assert!(
+        waited <= 400 * MILLI,
+        "first picture {waited:?} after connecting"
+    );
+    Ok(())
+}
+
 /// A layer nobody receives is turned off at the publisher, and turned on
 /// again within a second when a subscriber that can take it arrives.
 #[test]
