@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use stamma_proto::{MediaKind, Role};
 use stamma_tests::{Publish, Route, TestParticipant, TestServer, wait_until};
 use tokio::io::AsyncWriteExt;
@@ -42,19 +44,27 @@ async fn a_tcp_only_participant_meets_a_udp_one() -> anyhow::Result<()> {
     )
     .await?;
     let udp = TestParticipant::join(&srv.base, "tcp", "udp", Role::Speaker, tone(660.0)).await?;
+    let video = |p: &TestParticipant, from: &str| {
+        p.received_from(from, MediaKind::Video)
+            .and_then(|t| p.with_received(&t, |r| r.packets))
+            .unwrap_or(0)
+    };
     wait_until(Duration::from_secs(30), "audio and video both ways", || {
-        let video = |p: &TestParticipant, from: &str| {
-            p.received_from(from, MediaKind::Video)
-                .and_then(|t| p.with_received(&t, |r| r.packets))
-                .unwrap_or(0)
-                >= 30
-        };
         tcp.heard_frequency(&udp.id).is_some()
             && udp.heard_frequency(&tcp.id).is_some()
-            && video(&tcp, &udp.id)
-            && video(&udp, &tcp.id)
+            && video(&tcp, &udp.id) >= 30
+            && video(&udp, &tcp.id) >= 30
     })
-    .await?;
+    .await
+    .with_context(|| {
+        format!(
+            "tcp heard {:?} and got {} video packets; udp heard {:?} and got {}",
+            tcp.heard_frequency(&udp.id),
+            video(&tcp, &udp.id),
+            udp.heard_frequency(&tcp.id),
+            video(&udp, &tcp.id),
+        )
+    })?;
     let (a, b) = (tcp.heard_frequency(&udp.id), udp.heard_frequency(&tcp.id));
     assert!(
         a.is_some_and(|f| (f - 660.0).abs() < 20.0),
