@@ -159,7 +159,10 @@ try {
     // The VP8 frame tag is in clear (the SFU reads it), so the decoder takes
     // the ciphertext behind it for VP8 data: now and then libvpx accepts a
     // frame and paints noise. None is the sender's picture (checked below).
-    if (total.decoded > total.frames * 0.05) fail(`cecilia decoded ${total.decoded} of ${total.frames} frames of ${who}'s encrypted video`);
+    // How often varies: in eight runs on 2 cores, 0-31 of 134-138 frames
+    // (up to 23 %), the tile then 0-4.7 % the camera's green against over
+    // 50 % on a keyed page. Frames sent in clear would all decode.
+    if (total.decoded > total.frames * 0.5) fail(`cecilia decoded ${total.decoded} of ${total.frames} frames of ${who}'s encrypted video`);
     console.log(`cecilia <- ${who}: ${d.packets} video packets, ${d.frames} frames received, ${d.audioPackets} audio packets in 2 s; in all ${total.decoded} of ${total.frames} frames decoded (as noise)`);
   }
   await cecilia.screenshot({ path: new URL("e2ee-no-secret.png", OUT).pathname });
