@@ -25,7 +25,7 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(1000);
 /// its keyframe reaches only the subscribers waiting for one. With the full
 /// interval, a participant whose first request went out before its media
 /// connection was up waited up to a second for any video (the ICE-TCP
-/// end-to-end test then needed 8-21 s instead of 3.7 s in one run of four,
+/// end-to-end test then needed 8-21 s instead of 3.7 s in about one run of six,
 /// and once ran into its 30-s limit).
 pub const UNWATCHED_KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 
