@@ -2216,6 +2216,12 @@ impl Worker {
                 continue;
             };
             let Some(out_mid) = s.mid else { continue };
+            // How the release queue knows this stream's packets.
+            let stream = HeldStream {
+                mid: out_mid,
+                publisher,
+                source_mid: mid,
+            };
             // A layer this subscription neither receives nor waits for (the
             // other simulcast layers) costs nothing more.
             if s.current != Some(layer) && s.target != Some(layer) {
@@ -2261,11 +2267,7 @@ impl Worker {
                     })
                     .unwrap_or_default();
                 // What waits in front of str0m counts as queued too.
-                let (held, held_since) = q.release.held_for(HeldStream {
-                    mid: out_mid,
-                    publisher,
-                    source_mid: mid,
-                });
+                let (held, held_since) = q.release.held_for(stream);
                 backlog.queued_bytes += held;
                 if let Some(t) = held_since {
                     backlog.oldest_wait = backlog.oldest_wait.max(now.saturating_duration_since(t));
@@ -2355,11 +2357,6 @@ impl Worker {
             self.stats.rtp_forwarded_bytes += pkt.payload.len() as u64;
             // Audio is never held: it is what suffers from a queue.
             let write = if is_video {
-                let stream = HeldStream {
-                    mid: out_mid,
-                    publisher,
-                    source_mid: mid,
-                };
                 q.release.offer(now, stream, pkt.payload.len(), write)
             } else {
                 Some(write)
