@@ -30,15 +30,19 @@ impl Downlink {
     /// A datagram arrives at the bottleneck.
     pub fn push(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let start = self.busy_until.filter(|b| *b > now).unwrap_or(now);
-        let serialize =
-            Duration::from_micros(data.len() as u64 * 8 * 1_000_000 / self.bits_per_sec);
-        let leaves = start + serialize;
+        let leaves = start + self.transmission(data.len());
         if leaves.saturating_duration_since(now) > self.max_delay {
             self.dropped += 1;
             return;
         }
         self.busy_until = Some(leaves);
         self.queue.push_back((leaves, from, data.to_vec()));
+    }
+
+    /// How long `bytes` take to cross the link: a frame's latency can be no
+    /// less, whatever the server does.
+    pub fn transmission(&self, bytes: usize) -> Duration {
+        Duration::from_micros(bytes as u64 * 8 * 1_000_000 / self.bits_per_sec)
     }
 
     /// The next datagram that has drained by `now`.
@@ -77,5 +81,6 @@ mod tests {
         }
         assert_eq!(n, 10);
         assert!(d.next_due().is_none());
+        assert_eq!(d.transmission(1250), Duration::from_millis(10));
     }
 }

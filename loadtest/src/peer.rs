@@ -328,6 +328,10 @@ impl RxTrack {
             self.packets += last_seq - first_seq + 1;
         }
         delta.frames += 1;
+        if video {
+            delta.video_frames += 1;
+            delta.keyframes += u64::from(stamp.keyframe);
+        }
         if len != stamp.len as usize {
             delta.corrupt_frames += 1;
         }
@@ -734,7 +738,13 @@ impl Peer {
         };
         let sent_us = stamp.sent_us;
         let latency = self.shared.micros(now).saturating_sub(sent_us);
-        self.delta.record_latency(latency, video);
+        // Payload only: the headers' few percent count as delay, not as
+        // the frame's own transmission, so this errs against the server.
+        let own = self
+            .downlink
+            .as_ref()
+            .map_or(0, |l| l.transmission(len).as_micros() as u64);
+        self.delta.record_latency(latency, own, video);
         let t = self.rx.entry(key).or_default();
         let seqs = (**d.seq_range.start(), **d.seq_range.end());
         let first = t.frame(now, &stamp, len, seqs, video, &mut self.delta);

@@ -14,6 +14,11 @@ pub struct Delta {
     /// bytes to cross a bottleneck (a 10 KB keyframe takes 80 ms at
     /// 1 Mbit/s), an audio frame only for what is queued ahead of it.
     pub audio_latency_us: Vec<u32>,
+    /// Each frame's latency less the time its own bytes take to cross the
+    /// emulated bottleneck (equal to `latency_us` without one): the delay
+    /// queues and pacing added, which no server can avoid for the frame's
+    /// own transmission. The pass criterion judges this one.
+    pub queued_us: Vec<u32>,
     /// RFC 3550 interarrival jitter of each receiving track, microseconds.
     pub jitter_us: Vec<u32>,
     /// RTP packets that reached the application (in delivered frames).
@@ -22,6 +27,10 @@ pub struct Delta {
     pub packets_expected: u64,
     pub frames: u64,
     pub frames_lost: u64,
+    /// Received video frames, and the keyframes among them: each is several
+    /// frames' worth of bytes, and every subscriber of the layer gets it.
+    pub video_frames: u64,
+    pub keyframes: u64,
     pub freezes: u64,
     /// Video frames from another simulcast layer than the frame before,
     /// without being a keyframe: a decoder cannot display them.
@@ -96,8 +105,11 @@ impl RateSample {
 }
 
 impl Delta {
-    /// One received frame's one-way latency.
-    pub fn record_latency(&mut self, us: u64, video: bool) {
+    /// One received frame's one-way latency, and how long its own bytes
+    /// take to cross the emulated bottleneck (0 without one).
+    pub fn record_latency(&mut self, us: u64, own_transmission_us: u64, video: bool) {
+        let queued = us.saturating_sub(own_transmission_us);
+        self.queued_us.push(queued.min(u64::from(u32::MAX)) as u32);
         let us = us.min(u64::from(u32::MAX)) as u32;
         self.latency_us.push(us);
         if !video {
@@ -108,11 +120,14 @@ impl Delta {
     pub fn add(&mut self, d: Delta) {
         self.latency_us.extend(d.latency_us);
         self.audio_latency_us.extend(d.audio_latency_us);
+        self.queued_us.extend(d.queued_us);
         self.jitter_us.extend(d.jitter_us);
         self.packets += d.packets;
         self.packets_expected += d.packets_expected;
         self.frames += d.frames;
         self.frames_lost += d.frames_lost;
+        self.video_frames += d.video_frames;
+        self.keyframes += d.keyframes;
         self.freezes += d.freezes;
         self.bad_switches += d.bad_switches;
         self.corrupt_frames += d.corrupt_frames;
@@ -290,16 +305,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn audio_latency_counts_audio_frames_only() {
+    fn latency_by_kind_and_less_own_transmission() {
         let mut d = Delta::default();
-        d.record_latency(5_000, false);
-        d.record_latency(90_000, true);
-        d.record_latency(u64::MAX, false);
-        assert_eq!(d.latency_us, vec![5_000, 90_000, u32::MAX]);
+        d.record_latency(5_000, 0, false);
+        d.record_latency(90_000, 80_000, true);
+        d.record_latency(u64::MAX, 0, false);
+        d.record_latency(1_000, 2_000, true);
+        assert_eq!(d.latency_us, vec![5_000, 90_000, u32::MAX, 1_000]);
         assert_eq!(d.audio_latency_us, vec![5_000, u32::MAX]);
+        assert_eq!(d.queued_us, vec![5_000, 10_000, u32::MAX, 0]);
         let mut total = Delta::default();
         total.add(d);
         assert_eq!(total.audio_latency_us.len(), 2);
+        assert_eq!(total.queued_us.len(), 4);
     }
 
     #[test]
