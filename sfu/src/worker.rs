@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::allocator::{
     Allocation, AudioReserve, Demand, IncreaseTrial, Priority, TRIAL_AFTER_CONNECT, TrialVerdict,
-    allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
+    UPSWITCH_HEADROOM_PCT, allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
 };
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
@@ -1395,7 +1395,18 @@ impl Worker {
         let estimate = budget_estimate(p.bwe_bps, initial, connected_for).unwrap_or(UNLIMITED_BPS);
         let audio_bps = audio.bps();
         let by_estimate = estimate.saturating_sub(audio_bps);
-        let cap = self.shedder.cap().unwrap_or(u64::MAX);
+        // The cap never pauses the speaker or a pinned track: each keeps
+        // its lowest layer whatever the worker's load, and can resume it
+        // with the Allocator's headroom. A fixed floor did not hold that:
+        // a 150 kbit/s layer measured 220-245 kbit/s with the keyframes of
+        // its resumes, over the 250 kbit/s floor, and behind 1 Mbit/s the
+        // stage was paused half the time while the cap lasted.
+        let first_served: u64 = demands
+            .iter()
+            .filter(|d| d.priority <= Priority::Speaker)
+            .map(|d| d.costs[0] / 100 * UPSWITCH_HEADROOM_PCT)
+            .sum();
+        let cap = self.shedder.cap().map_or(u64::MAX, |c| c.max(first_served));
         let budget = by_estimate.min(cap);
         // What is paused now is paused for the server, not the link.
         let reason = if cap < by_estimate {
