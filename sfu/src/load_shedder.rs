@@ -39,7 +39,9 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// straight back into saturation and every climb cost a latency spike.
 pub const CEILING_PCT: u64 = 90;
 pub const CEILING_MEMORY: Duration = Duration::from_secs(20);
-/// The cap never goes below this (bit/s): a speaker at a small layer.
+/// The cap never goes below this (bit/s). The worker also keeps each
+/// subscriber's cap above what its speaker and pinned videos need at their
+/// lowest layer, which a fixed floor cannot know.
 pub const FLOOR_BPS: u64 = 250_000;
 
 /// What subscribers of this worker receive, computed at a window's end.

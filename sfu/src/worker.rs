@@ -83,6 +83,10 @@ pub const DYNACAST_GRACE: Duration = Duration::from_secs(2);
 /// The estimator is always asked to find at least this much, so a
 /// subscriber with nothing to receive yet still learns its link.
 const MIN_DESIRED_BPS: u64 = 300_000;
+/// Pinned videos a subscriber keeps under the LoadShedder's cap besides its
+/// dominant speaker: a client that pins every tile must not lift the cap
+/// that protects every room on the worker.
+const CAP_KEEPS_PINNED: usize = 2;
 /// How often a subscriber whose wanted video does not fit is probed for more.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// The desired rate given to str0m is at most this many times the estimate
@@ -1395,15 +1399,19 @@ impl Worker {
         let estimate = budget_estimate(p.bwe_bps, initial, connected_for).unwrap_or(UNLIMITED_BPS);
         let audio_bps = audio.bps();
         let by_estimate = estimate.saturating_sub(audio_bps);
-        // The cap never pauses the speaker or a pinned track: each keeps
-        // its lowest layer whatever the worker's load, and can resume it
-        // with the Allocator's headroom. A fixed floor did not hold that:
+        // The cap never pauses the speaker or the first pinned tracks: each
+        // keeps its lowest layer whatever the worker's load, and can resume
+        // it with the Allocator's headroom. A fixed floor did not hold that:
         // a 150 kbit/s layer measured 220-245 kbit/s with the keyframes of
         // its resumes, over the 250 kbit/s floor, and behind 1 Mbit/s the
         // stage was paused half the time while the cap lasted.
-        let first_served: u64 = demands
+        let pinned = demands
             .iter()
-            .filter(|d| d.priority <= Priority::Speaker)
+            .filter(|d| d.priority == Priority::Pinned)
+            .take(CAP_KEEPS_PINNED);
+        let speaker = demands.iter().filter(|d| d.priority == Priority::Speaker);
+        let first_served: u64 = pinned
+            .chain(speaker)
             .map(|d| d.costs[0] / 100 * UPSWITCH_HEADROOM_PCT)
             .sum();
         let cap = self.shedder.cap().map_or(u64::MAX, |c| c.max(first_served));

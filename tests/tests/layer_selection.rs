@@ -620,13 +620,14 @@ fn a_saturated_worker_keeps_the_speaker_flowing() -> anyhow::Result<()> {
         sim.worker().video_cap(),
         Some(stamma_sfu::load_shedder::FLOOR_BPS)
     );
-    let frames = |sim: &NetSim, t: &str| {
+    // Frames of track `t` in the last second before `end`.
+    let frames = |sim: &NetSim, t: &str, end: Duration| {
         sim.peer(sub)
             .rx_track(t)
             .map_or(0, |r| r.frames_between(end - SECOND, end))
     };
-    let speaker_frames = frames(&sim, &speaker);
-    let other_frames: Vec<usize> = others.iter().map(|t| frames(&sim, t)).collect();
+    let speaker_frames = frames(&sim, &speaker, end);
+    let other_frames: Vec<usize> = others.iter().map(|t| frames(&sim, t, end)).collect();
     eprintln!("last second: speaker {speaker_frames} frames, others {other_frames:?}");
     assert!(
         speaker_frames > 20,
@@ -649,6 +650,31 @@ fn a_saturated_worker_keeps_the_speaker_flowing() -> anyhow::Result<()> {
         })
         .count();
     assert!(load_pauses >= 2, "{load_pauses} pauses for server load");
+
+    // Pinning every tile lifts the cap for two of them, not for all: a
+    // client must not switch off what protects the worker.
+    let mut all = vec![speaker.clone()];
+    all.extend(others.iter().cloned());
+    sim.signal(
+        sub,
+        ClientSignal::Subscription {
+            track_ids: all.clone(),
+            enabled: None,
+            quality: None,
+            width: None,
+            height: None,
+            pinned: Some(true),
+        },
+    )?;
+    feed_duty(&mut sim, 5 * SECOND, 48 * MILLI)?;
+    let end = sim.now();
+    let flowing: Vec<usize> = all.iter().map(|t| frames(&sim, t, end)).collect();
+    eprintln!("all pinned, last second: {flowing:?} frames");
+    assert_eq!(
+        flowing.iter().filter(|&&n| n > 20).count(),
+        2,
+        "two pinned tiles flow: {flowing:?}"
+    );
     Ok(())
 }
 
