@@ -575,6 +575,35 @@ fn retransmissions_to_a_lossy_subscriber_are_capped() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` publishers with a 500 kbit/s camera and a microphone, and a
+/// subscriber on 20 Mbit/s that receives them all.
+fn cameras_and_a_subscriber(n: usize) -> anyhow::Result<(NetSim, PeerId)> {
+    let mut sim = NetSim::new(NetSim::config())?;
+    for _ in 0..n {
+        sim.add_publisher(
+            Publish::video(Video::Single).with_audio(),
+            Links::symmetric(10_000),
+        )?;
+    }
+    let sub = sim.add_subscriber(Links::symmetric(20_000))?;
+    Ok((sim, sub))
+}
+
+/// `track_paused` signals `sub` got with reason `server_load`.
+fn load_pauses(sim: &NetSim, sub: PeerId) -> usize {
+    sim.peer(sub)
+        .signals_where(|s| {
+            matches!(
+                s,
+                ServerSignal::TrackPaused {
+                    reason: stamma_proto::PauseReason::ServerLoad,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
 /// Feeds the worker `busy` of every 50 ms for `d`, as the driver does.
 fn feed_duty(sim: &mut NetSim, d: Duration, busy: Duration) -> anyhow::Result<()> {
     let end = sim.now() + d;
@@ -595,15 +624,7 @@ fn feed_duty(sim: &mut NetSim, d: Duration, busy: Duration) -> anyhow::Result<()
 /// time while the cap lasted).
 #[test]
 fn a_saturated_worker_keeps_the_speaker_flowing() -> anyhow::Result<()> {
-    use stamma_proto::PauseReason;
-    let mut sim = NetSim::new(NetSim::config())?;
-    for _ in 0..3 {
-        sim.add_publisher(
-            Publish::video(Video::Single).with_audio(),
-            Links::symmetric(10_000),
-        )?;
-    }
-    let sub = sim.add_subscriber(Links::symmetric(20_000))?;
+    let (mut sim, sub) = cameras_and_a_subscriber(3)?;
     sim.set_speaking(0, Some(-30));
     sim.settle(10 * SECOND)?;
     sim.run_for(6 * SECOND)?;
@@ -637,18 +658,7 @@ fn a_saturated_worker_keeps_the_speaker_flowing() -> anyhow::Result<()> {
         other_frames.iter().all(|&n| n == 0),
         "the other tiles are paused: {other_frames:?}"
     );
-    let load_pauses = sim
-        .peer(sub)
-        .signals_where(|s| {
-            matches!(
-                s,
-                ServerSignal::TrackPaused {
-                    reason: PauseReason::ServerLoad,
-                    ..
-                }
-            )
-        })
-        .count();
+    let load_pauses = load_pauses(&sim, sub);
     assert!(load_pauses >= 2, "{load_pauses} pauses for server load");
 
     // Pinning every tile lifts the cap for two of them, not for all: a
@@ -684,15 +694,7 @@ fn a_saturated_worker_keeps_the_speaker_flowing() -> anyhow::Result<()> {
 /// worker has time again. The duty cycle is fed as the driver would.
 #[test]
 fn a_saturated_worker_pauses_video_for_server_load_and_resumes_it() -> anyhow::Result<()> {
-    use stamma_proto::PauseReason;
-    let mut sim = NetSim::new(NetSim::config())?;
-    for _ in 0..6 {
-        sim.add_publisher(
-            Publish::video(Video::Single).with_audio(),
-            Links::symmetric(10_000),
-        )?;
-    }
-    let sub = sim.add_subscriber(Links::symmetric(20_000))?;
+    let (mut sim, sub) = cameras_and_a_subscriber(6)?;
     sim.settle(10 * SECOND)?;
     sim.run_for(6 * SECOND)?;
     let tracks: Vec<String> = sim
@@ -708,18 +710,7 @@ fn a_saturated_worker_pauses_video_for_server_load_and_resumes_it() -> anyhow::R
     feed_duty(&mut sim, 2600 * MILLI, 48 * MILLI)?;
     feed_duty(&mut sim, 2 * SECOND, 35 * MILLI)?;
     let shed = sim.now();
-    let paused = sim
-        .peer(sub)
-        .signals_where(|s| {
-            matches!(
-                s,
-                ServerSignal::TrackPaused {
-                    reason: PauseReason::ServerLoad,
-                    ..
-                }
-            )
-        })
-        .count();
+    let paused = load_pauses(&sim, sub);
     assert!(paused > 0, "saturation paused video for server load");
     assert!(sim.worker().video_cap().is_some());
     let flowing = tracks
