@@ -378,6 +378,12 @@ pub struct Allocation {
 }
 
 impl Demand {
+    /// Budget needed to go up to `layer` (or resume at it): its cost with
+    /// [`UPSWITCH_HEADROOM_PCT`].
+    pub fn resume_need(&self, layer: usize) -> u64 {
+        self.costs[layer] * UPSWITCH_HEADROOM_PCT / 100
+    }
+
     fn top(&self) -> usize {
         self.max_layer.min(self.layers.saturating_sub(1))
     }
@@ -386,7 +392,7 @@ impl Demand {
     fn need(&self, layer: usize) -> u64 {
         let cost = self.costs[layer];
         if self.previous.is_none_or(|p| layer > p) {
-            cost * UPSWITCH_HEADROOM_PCT / 100
+            self.resume_need(layer)
         } else {
             cost * HOLD_PCT / 100
         }

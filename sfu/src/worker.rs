@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::allocator::{
     Allocation, AudioReserve, Demand, IncreaseTrial, Priority, TRIAL_AFTER_CONNECT, TrialVerdict,
-    UPSWITCH_HEADROOM_PCT, allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
+    allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
 };
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
@@ -1410,10 +1410,7 @@ impl Worker {
             .filter(|d| d.priority == Priority::Pinned)
             .take(CAP_KEEPS_PINNED);
         let speaker = demands.iter().filter(|d| d.priority == Priority::Speaker);
-        let first_served: u64 = pinned
-            .chain(speaker)
-            .map(|d| d.costs[0] / 100 * UPSWITCH_HEADROOM_PCT)
-            .sum();
+        let first_served: u64 = pinned.chain(speaker).map(|d| d.resume_need(0)).sum();
         let cap = self.shedder.cap().map_or(u64::MAX, |c| c.max(first_served));
         let budget = by_estimate.min(cap);
         // What is paused now is paused for the server, not the link.
