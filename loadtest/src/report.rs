@@ -281,6 +281,16 @@ fn ms(us: Option<u32>) -> Option<f64> {
     us.map(|u| (u as f64 / 1000.0 * 100.0).round() / 100.0)
 }
 
+/// What the latency bound judges: behind an emulated bottleneck, latency
+/// beyond each frame's own transmission.
+fn bounded_latency(downlink_kbps: Option<u32>) -> &'static str {
+    if downlink_kbps.is_some() {
+        "p99 beyond transmission"
+    } else {
+        "p99"
+    }
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -403,12 +413,8 @@ impl Report {
         }
         match p99 {
             Some(p) if p > sc.max_p99_latency_ms => violations.push(format!(
-                "latency p99 {p} ms{} > {} ms",
-                if sc.downlink_kbps.is_some() {
-                    " beyond transmission"
-                } else {
-                    ""
-                },
+                "latency {} {p} ms > {} ms",
+                bounded_latency(sc.downlink_kbps),
                 sc.max_p99_latency_ms
             )),
             None if total.frames == 0 && sc.total_participants() > 1 => {
@@ -707,13 +713,9 @@ impl Report {
             "result",
             if self.passed {
                 format!(
-                    "PASSED (loss ≤ {} %, p99 {}≤ {} ms)",
+                    "PASSED (loss ≤ {} %, {} ≤ {} ms)",
                     self.max_loss_pct,
-                    if self.downlink_kbps.is_some() {
-                        "beyond transmission "
-                    } else {
-                        ""
-                    },
+                    bounded_latency(self.downlink_kbps),
                     self.max_p99_latency_ms
                 )
             } else {
