@@ -1247,11 +1247,15 @@ impl Worker {
         }
         self.update_speakers(now);
         for key in 0..self.participants.len() {
-            let due = self.participants[key].as_ref().is_some_and(|p| {
-                p.allocation_due
-                    || p.allocate_at.is_some_and(|t| t <= now)
-                    || (periodic && p.can_subscribe)
-            });
+            // While a voice that started waits for its allocation (see
+            // `VOICING`), nothing else runs one: it would count the voices
+            // it takes over from too.
+            let due = self.participants[key]
+                .as_ref()
+                .is_some_and(|p| match p.allocate_at {
+                    Some(at) => at <= now,
+                    None => p.allocation_due || (periodic && p.can_subscribe),
+                });
             if due {
                 self.allocate(now, key);
             }
@@ -1437,9 +1441,7 @@ impl Worker {
             return;
         };
         p.allocation_due = false;
-        if p.allocate_at.is_some_and(|t| t <= now) {
-            p.allocate_at = None;
-        }
+        p.allocate_at = None;
         p.allocated_for_bps = estimate;
         let verdict = if self.config.allocator
             && trial_applies(
