@@ -1248,8 +1248,9 @@ impl Worker {
         self.update_speakers(now);
         for key in 0..self.participants.len() {
             // While a voice that started waits for its allocation (see
-            // `VOICING`), nothing else runs one: it would count the voices
-            // it takes over from too.
+            // `VOICING`), a moved estimate or the periodic round waits too:
+            // it would count the voices it takes over from as well. Only a
+            // returning video layer (due at once) runs one before.
             let due = self.participants[key]
                 .as_ref()
                 .is_some_and(|p| match p.allocate_at {
