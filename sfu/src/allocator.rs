@@ -57,27 +57,16 @@ pub const VOICE_BPS: u64 = 64_000;
 /// many voices: the next one to speak is heard at once, before its
 /// subscribers' allocations make room (the gate opening asks for them).
 pub const NEXT_VOICES: u64 = 1;
-/// A microphone counts as a voice while its last voiced packet is this
-/// recent (three Opus packets), not for the whole of the gate's hangover:
-/// a voice that stopped sends silence or DTX, next to nothing. Counted
-/// until its gate closed, three voices handing over to three others were
-/// reserved as seven (450 kbit/s of estimates of 550-650 kbit/s) for most
-/// of a second at every turn, and half of the subscribers behind 1 Mbit/s
-/// had the stage paused at once: half of all its pauses (load tester,
-/// meeting-50). The cost: a speaker's pause between words counts as idle
-/// for a moment, which the Allocator's hold and headroom absorb.
-pub const VOICING: Duration = Duration::from_millis(60);
 
 /// The audio share of a subscriber's budget: audio is never paused, so
 /// its cost comes off before video is allocated. A microphone that speaks
-/// ([`VOICING`]) counts at what its publisher sends, at least one voice
-/// (its measured rate still carries the comfort noise before it, for a few
-/// windows); the others count as [`NEXT_VOICES`] voices all together.
-/// Reserving what each idle one sends, comfort noise and the slow decay of
-/// a voice that just stopped, took 420-430 kbit/s of a 450-500 kbit/s
-/// estimate in a meeting of 50 behind 1 Mbit/s, where 180 kbit/s of voice
-/// flowed, and the speaker's video was paused 94-95 % of the time (load
-/// tester).
+/// counts at what its publisher sends, at least one voice (its measured
+/// rate still carries the comfort noise before it, for a few windows);
+/// idle ones count as [`NEXT_VOICES`] voices all together. Reserving what
+/// each idle one sends, comfort noise and the slow decay of a voice that
+/// just stopped, took 420-430 kbit/s of a 450-500 kbit/s estimate in a
+/// meeting of 50 behind 1 Mbit/s, where 180 kbit/s of voice flowed, and
+/// the speaker's video was paused 94-95 % of the time (load tester).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AudioReserve {
     speaking_bps: u64,
@@ -85,13 +74,12 @@ pub struct AudioReserve {
 }
 
 impl AudioReserve {
-    /// A microphone that speaks ([`VOICING`]), sending `measured` bit/s.
+    /// A microphone whose packets are forwarded, sending `measured` bit/s.
     pub fn speaking(&mut self, measured: u64) {
         self.speaking_bps = self.speaking_bps.saturating_add(measured.max(VOICE_BPS));
     }
 
-    /// A microphone that does not speak: held back, or in the gate's
-    /// hangover after its last word.
+    /// A microphone whose packets are held back.
     pub fn idle(&mut self) {
         self.idle = self.idle.saturating_add(1);
     }

@@ -81,13 +81,6 @@ impl SilenceGate {
     pub fn closings(&self) -> u32 {
         self.closings
     }
-
-    /// Whether a voiced packet came within `window`: its owner is talking
-    /// now, not in the hangover after the last word.
-    pub fn voiced_within(&self, now: Instant, window: Duration) -> bool {
-        self.last_voiced
-            .is_some_and(|t| now.saturating_duration_since(t) < window)
-    }
 }
 
 #[cfg(test)]
@@ -128,19 +121,6 @@ mod tests {
         assert!(g.admit(t1 + 20 * MS, QUIET));
         assert!(!g.admit(t1 + HANGOVER, QUIET));
         assert_eq!(g.closings(), 2);
-    }
-
-    #[test]
-    fn a_voice_counts_as_speaking_for_three_packets_not_the_whole_hangover() {
-        let t0 = Instant::now();
-        let mut g = SilenceGate::default();
-        let window = 60 * MS;
-        assert!(!g.voiced_within(t0, window), "never voiced");
-        assert!(g.admit(t0, VOICED));
-        assert!(g.voiced_within(t0 + 40 * MS, window));
-        // Silence after the last word: still forwarded, no longer a voice.
-        assert!(g.admit(t0 + 60 * MS, QUIET));
-        assert!(!g.voiced_within(t0 + 60 * MS, window));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::allocator::{
     Allocation, AudioReserve, Demand, IncreaseTrial, Priority, TRIAL_AFTER_CONNECT, TrialVerdict,
-    VOICING, allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
+    allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
 };
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
@@ -1247,16 +1247,9 @@ impl Worker {
         }
         self.update_speakers(now);
         for key in 0..self.participants.len() {
-            // While a voice that started waits for its allocation (see
-            // `VOICING`), a moved estimate or the periodic round waits too:
-            // it would count the voices it takes over from as well. Only a
-            // returning video layer (due at once) runs one before.
             let due = self.participants[key]
                 .as_ref()
-                .is_some_and(|p| match p.allocate_at {
-                    Some(at) => at <= now,
-                    None => p.allocation_due || (periodic && p.can_subscribe),
-                });
+                .is_some_and(|p| p.allocation_due || (periodic && p.can_subscribe));
             if due {
                 self.allocate(now, key);
             }
@@ -1366,10 +1359,7 @@ impl Worker {
                 let measured = t.layers[0].rate.bps().unwrap_or(0);
                 if !self.config.silence_gate || !t.silence_gate.is_levelled() {
                     audio.ungated(measured);
-                } else if t.silence_gate.voiced_within(now, VOICING)
-                    && t.layers[0].is_live(now)
-                    && !t.muted
-                {
+                } else if t.silence_gate.is_open() && t.layers[0].is_live(now) && !t.muted {
                     audio.speaking(measured);
                 } else {
                     audio.idle();
@@ -1442,7 +1432,6 @@ impl Worker {
             return;
         };
         p.allocation_due = false;
-        p.allocate_at = None;
         p.allocated_for_bps = estimate;
         let verdict = if self.config.allocator
             && trial_applies(
@@ -2206,14 +2195,11 @@ impl Worker {
                 .filter(|k| *k != publisher),
         );
         // A layer the publisher (re)started changes what can be forwarded; a
-        // voice that starts takes its share of every subscriber's budget,
-        // once the voices it may take over from no longer count: when
-        // speakers hand over, the old ones' last words came with this packet.
+        // voice that starts takes its share of every subscriber's budget.
         if (came_back && is_video) || gate_opened {
-            let at = if gate_opened { now + VOICING } else { now };
             for &k in &subscribers {
                 if let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) {
-                    q.allocate_at = Some(q.allocate_at.map_or(at, |t| t.min(at)));
+                    q.allocation_due = true;
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use stamma_proto::{MediaKind, ServerSignal};
+use stamma_proto::MediaKind;
 use stamma_sfu::SfuConfig;
 use stamma_sfu::silence_gate::HANGOVER;
 use stamma_tests::netsim::{Links, NetSim, Publish, RxPacket, Video};
@@ -148,95 +148,5 @@ fn idle_microphones_leave_the_speakers_video_its_room() -> anyhow::Result<()> {
     eprintln!("speaker's video behind 700 kbit/s: {kbps:.0} kbit/s, longest gap {gap:?}");
     assert!(kbps >= 100.0, "the speaker's video got {kbps:.0} kbit/s");
     assert!(gap <= 500 * MS, "the speaker's video stopped for {gap:?}");
-    Ok(())
-}
-
-/// A speaker on camera talks throughout while three other voices hand over
-/// to three more every 2 s, as in a lively discussion, the first turn
-/// `offset` after 10 s of talk: what the subscriber behind `down_kbps` got
-/// of the speaker's video over the 12 s of turns: `track_paused` signals
-/// for it, the longest gap between its frames, and its layer switches.
-fn stage_through_turns(
-    down_kbps: u32,
-    offset: Duration,
-) -> anyhow::Result<(usize, Duration, usize)> {
-    let mut sim = NetSim::new(NetSim::config())?;
-    let speaker = sim.add_publisher(
-        Publish::video(Video::Simulcast).with_audio(),
-        Links::symmetric(5_000),
-    )?;
-    let mut voices = Vec::new();
-    for _ in 0..6 {
-        voices.push(sim.add_publisher(
-            Publish {
-                video: None,
-                audio: true,
-            },
-            Links::symmetric(5_000),
-        )?);
-    }
-    let sub = sim.add_subscriber(Links::new(5_000, down_kbps))?;
-    sim.settle(10 * SECOND)?;
-    sim.set_speaking(speaker, Some(-20));
-    for &v in &voices[..3] {
-        sim.set_speaking(v, Some(-40));
-    }
-    sim.run_for(10 * SECOND + offset)?;
-    let track = sim.video_track_id(speaker).expect("the speaker's video");
-    let from = sim.now();
-    for turn in 0..6 {
-        let (stop, start) = if turn % 2 == 0 {
-            (&voices[..3], &voices[3..])
-        } else {
-            (&voices[3..], &voices[..3])
-        };
-        for &v in stop {
-            sim.set_speaking(v, None);
-        }
-        for &v in start {
-            sim.set_speaking(v, Some(-40));
-        }
-        sim.run_for(2 * SECOND)?;
-    }
-    let to = sim.now();
-    let pauses = sim
-        .peer(sub)
-        .signals_where(
-            |s| matches!(s, ServerSignal::TrackPaused { track_id, .. } if *track_id == track),
-        )
-        .filter(|(at, _)| *at >= from)
-        .count();
-    let rx = sim.peer(sub).rx_track(&track);
-    let gap = rx.map_or(to - from, |t| t.max_frame_gap(from, to));
-    let switches = rx.map_or(0, |t| {
-        t.layer_timeline()
-            .iter()
-            .filter(|(at, _)| *at >= from)
-            .count()
-    });
-    Ok((pauses, gap, switches))
-}
-
-/// While three voices hand over to three others, the stopped ones send only
-/// silence: they are not counted against the speaker's video. Counted until
-/// their gates closed (600 ms of hangover), they took three more voices of
-/// the budget at every turn, and at 1.3-1.7 Mbit/s the speaker's video was
-/// paused once or twice in the 12 s, for 1.3-7.6 s (here: once, 6.1 s).
-/// The allocation a starting voice asks for waits until the stopped ones no
-/// longer count: run at once, it paused the video at two of the five phases
-/// of the turns against the worker's 100-ms tick tried here.
-#[test]
-fn voices_handing_over_leave_the_speakers_video_flowing() -> anyhow::Result<()> {
-    for offset in (0..100).step_by(20).map(|ms| ms * MS) {
-        let (pauses, gap, switches) = stage_through_turns(1_600, offset)?;
-        eprintln!(
-            "turns shifted {offset:?}: the speaker's video paused {pauses} times, longest gap {gap:?}, {switches} layer switches"
-        );
-        assert_eq!(pauses, 0, "turns shifted {offset:?}: paused {pauses} times");
-        assert!(
-            gap <= 500 * MS,
-            "turns shifted {offset:?}: stopped for {gap:?}"
-        );
-    }
     Ok(())
 }
