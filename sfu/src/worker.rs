@@ -1405,13 +1405,15 @@ impl Worker {
         // a 150 kbit/s layer measured 220-245 kbit/s with the keyframes of
         // its resumes, over the 250 kbit/s floor, and behind 1 Mbit/s the
         // stage was paused half the time while the cap lasted.
-        let pinned = demands
-            .iter()
-            .filter(|d| d.priority == Priority::Pinned)
-            .take(CAP_KEEPS_PINNED);
-        let speaker = demands.iter().filter(|d| d.priority == Priority::Speaker);
-        let first_served: u64 = pinned.chain(speaker).map(|d| d.resume_need(0)).sum();
-        let cap = self.shedder.cap().map_or(u64::MAX, |c| c.max(first_served));
+        let cap = self.shedder.cap().map_or(u64::MAX, |c| {
+            let pinned = demands
+                .iter()
+                .filter(|d| d.priority == Priority::Pinned)
+                .take(CAP_KEEPS_PINNED);
+            let speaker = demands.iter().filter(|d| d.priority == Priority::Speaker);
+            let first_served: u64 = pinned.chain(speaker).map(|d| d.resume_need(0)).sum();
+            c.max(first_served)
+        });
         let budget = by_estimate.min(cap);
         // What is paused now is paused for the server, not the link.
         let reason = if cap < by_estimate {
