@@ -1310,7 +1310,10 @@ mod tests {
         assert_eq!(t.take_paused(ms(3100)), Duration::from_millis(2000));
         assert_eq!(t.take_paused(ms(4000)), Duration::ZERO);
         assert_eq!((d.pause_events, d.resume_events), (1, 1));
-        // Expected once the server's keyframe interval and the link allow.
+        // Expected once the server's keyframe interval and the link allow:
+        // a keyframe asked for a second after the resume and 270 ms on the
+        // link is still awaited.
+        assert!(!t.delivering(ms(3050 + 1_300)));
         assert!(!t.delivering(ms(3049) + RESUME_SETTLE));
         assert!(t.delivering(ms(3050) + RESUME_SETTLE));
         // After the resume, missing frames and packets are loss again.

@@ -832,8 +832,8 @@ fn chart(title: &str, rows: &[SecondRow], value: impl Fn(&SecondRow) -> Option<f
 mod tests {
     use super::*;
 
-    /// A run whose every frame took 100 ms, 80 of them crossing the
-    /// bottleneck with `own_us` (0: no bottleneck).
+    /// A run whose every frame took 100 ms, `own_us` of it its own
+    /// transmission at the bottleneck (0: no bottleneck).
     fn report_of(downlink_kbps: Option<u32>, own_us: u64) -> Report {
         let mut sc = Scenario::preset(crate::scenario::Preset::Custom);
         sc.downlink_kbps = downlink_kbps;
