@@ -57,12 +57,25 @@ pub const VOICE_BPS: u64 = 64_000;
 /// many voices: the next one to speak is heard at once, before its
 /// subscribers' allocations make room (the gate opening asks for them).
 pub const NEXT_VOICES: u64 = 1;
+/// A microphone whose gate is still open counts as idle once someone else
+/// started talking after its last voiced packet, and it has been quiet
+/// this long (three Opus packets): a voice that stopped sends silence or
+/// DTX, next to nothing, for the rest of the gate's hangover. Counted
+/// until its gate closed, three voices handing over to three others were
+/// reserved as seven (450 kbit/s of estimates of 550-650 kbit/s) for most
+/// of a second at every turn, and half of the subscribers behind 1 Mbit/s
+/// paused the stage at once: half of all its pauses (load tester,
+/// meeting-50). Only a turn ends a voice's share early: judged by silence
+/// alone (60 ms without a voiced packet), a speaker's pauses between words
+/// flickered its share in and out.
+pub const VOICING: Duration = Duration::from_millis(60);
 
 /// The audio share of a subscriber's budget: audio is never paused, so
 /// its cost comes off before video is allocated. A microphone that speaks
-/// counts at what its publisher sends, at least one voice (its measured
-/// rate still carries the comfort noise before it, for a few windows);
-/// idle ones count as [`NEXT_VOICES`] voices all together. Reserving what
+/// (forwarded, and not handed over: [`VOICING`]) counts at what its
+/// publisher sends, at least one voice (its measured rate still carries
+/// the comfort noise before it, for a few windows); the others count as
+/// [`NEXT_VOICES`] voices all together. Reserving what
 /// each idle one sends, comfort noise and the slow decay of a voice that
 /// just stopped, took 420-430 kbit/s of a 450-500 kbit/s estimate in a
 /// meeting of 50 behind 1 Mbit/s, where 180 kbit/s of voice flowed, and
@@ -79,7 +92,7 @@ impl AudioReserve {
         self.speaking_bps = self.speaking_bps.saturating_add(measured.max(VOICE_BPS));
     }
 
-    /// A microphone whose packets are held back.
+    /// A microphone whose packets are held back, or that handed over.
     pub fn idle(&mut self) {
         self.idle = self.idle.saturating_add(1);
     }

@@ -82,6 +82,9 @@ pub struct Participant {
     pub video_wanted_bps: u64,
     /// Subscriptions, settings or the estimate changed: allocate again.
     pub allocation_due: bool,
+    /// Allocate again at the first tick from this time (a voice started:
+    /// see `VOICING`).
+    pub allocate_at: Option<Instant>,
     /// The desired rate last given to str0m's estimator.
     pub bwe_desired: u64,
     /// When the link may next be probed for more bandwidth.
@@ -226,6 +229,7 @@ impl Participant {
             video_used_bps: 0,
             video_wanted_bps: 0,
             allocation_due: true,
+            allocate_at: None,
             bwe_desired: 0,
             next_probe: now,
             estimate_stall: EstimateStall::default(),

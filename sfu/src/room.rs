@@ -1,6 +1,8 @@
 //! A meeting: who is in it and who is speaking. Tracks live with their
 //! publishing participant.
 
+use std::time::Instant;
+
 use str0m::media::Mid;
 
 use crate::demux::ParticipantKey;
@@ -19,6 +21,9 @@ pub struct Room {
     /// The last `join_seq` handed out: never reused while the room exists,
     /// so a rejoin is a new member for E2EE key ids.
     pub joins: u64,
+    /// When a microphone's SilenceGate last opened: someone started talking
+    /// (see `allocator::VOICING`).
+    pub last_gate_opening: Option<Instant>,
 }
 
 impl Room {
@@ -29,6 +34,7 @@ impl Room {
             speakers: SpeakerDetector::new(),
             dominant: None,
             joins: 0,
+            last_gate_opening: None,
         }
     }
 

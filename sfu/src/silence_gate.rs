@@ -81,6 +81,23 @@ impl SilenceGate {
     pub fn closings(&self) -> u32 {
         self.closings
     }
+
+    /// Whether this microphone, its gate still open, has stopped talking
+    /// because someone else started: no voiced packet for `quiet`, and
+    /// another gate in the room opened (at `last_opening`) after its last
+    /// one. A lone speaker's pauses between words never count, however
+    /// long: nobody took over.
+    pub fn handed_over(
+        &self,
+        now: Instant,
+        quiet: Duration,
+        last_opening: Option<Instant>,
+    ) -> bool {
+        self.last_voiced.is_some_and(|voiced| {
+            now.saturating_duration_since(voiced) >= quiet
+                && last_opening.is_some_and(|opened| opened > voiced)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +138,27 @@ mod tests {
         assert!(g.admit(t1 + 20 * MS, QUIET));
         assert!(!g.admit(t1 + HANGOVER, QUIET));
         assert_eq!(g.closings(), 2);
+    }
+
+    #[test]
+    fn a_voice_hands_over_only_when_another_starts_after_its_last_word() {
+        let t0 = Instant::now();
+        let quiet = 60 * MS;
+        let mut g = SilenceGate::default();
+        assert!(!g.handed_over(t0, quiet, Some(t0)), "never voiced");
+        assert!(g.admit(t0, VOICED));
+        // A lone speaker's pause, however long (within the hangover).
+        assert!(g.admit(t0 + 500 * MS, QUIET));
+        assert!(!g.handed_over(t0 + 500 * MS, quiet, None));
+        // Someone who started before the last word took nothing over.
+        assert!(!g.handed_over(t0 + 500 * MS, quiet, Some(t0 - MS)));
+        assert!(!g.handed_over(t0 + 500 * MS, quiet, Some(t0)));
+        // Someone started after it: handed over once quiet long enough.
+        assert!(g.handed_over(t0 + 60 * MS, quiet, Some(t0 + 20 * MS)));
+        assert!(!g.handed_over(t0 + 59 * MS, quiet, Some(t0 + 20 * MS)));
+        // Talking again takes the turn back.
+        assert!(g.admit(t0 + 520 * MS, VOICED));
+        assert!(!g.handed_over(t0 + 600 * MS, quiet, Some(t0 + 20 * MS)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::allocator::{
     Allocation, AudioReserve, Demand, IncreaseTrial, Priority, TRIAL_AFTER_CONNECT, TrialVerdict,
-    allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
+    VOICING, allocate, budget_estimate, max_layer, trial_applies, withhold_increases,
 };
 use crate::command::{Command, JoinRequest};
 use crate::config::SfuConfig;
@@ -1247,9 +1247,16 @@ impl Worker {
         }
         self.update_speakers(now);
         for key in 0..self.participants.len() {
+            // While a voice that started waits for its allocation (see
+            // `VOICING`), a moved estimate or the periodic round waits too:
+            // it would still count the voices it may take over from. Only a
+            // returning video layer (due at once) runs one before.
             let due = self.participants[key]
                 .as_ref()
-                .is_some_and(|p| p.allocation_due || (periodic && p.can_subscribe));
+                .is_some_and(|p| match p.allocate_at {
+                    Some(at) => at <= now,
+                    None => p.allocation_due || (periodic && p.can_subscribe),
+                });
             if due {
                 self.allocate(now, key);
             }
@@ -1336,7 +1343,10 @@ impl Worker {
         let Some(p) = self.participants.get(key).and_then(|p| p.as_ref()) else {
             return;
         };
-        let dominant = self.rooms.get(&p.room).and_then(|r| r.dominant);
+        let (dominant, last_opening) = self
+            .rooms
+            .get(&p.room)
+            .map_or((None, None), |r| (r.dominant, r.last_gate_opening));
         let mut demands = std::mem::take(&mut self.demands);
         demands.clear();
         // Per demand: (subscription index, live layers, top layer).
@@ -1359,7 +1369,11 @@ impl Worker {
                 let measured = t.layers[0].rate.bps().unwrap_or(0);
                 if !self.config.silence_gate || !t.silence_gate.is_levelled() {
                     audio.ungated(measured);
-                } else if t.silence_gate.is_open() && t.layers[0].is_live(now) && !t.muted {
+                } else if t.silence_gate.is_open()
+                    && !t.silence_gate.handed_over(now, VOICING, last_opening)
+                    && t.layers[0].is_live(now)
+                    && !t.muted
+                {
                     audio.speaking(measured);
                 } else {
                     audio.idle();
@@ -1434,6 +1448,7 @@ impl Worker {
             return;
         };
         p.allocation_due = false;
+        p.allocate_at = None;
         p.allocated_for_bps = estimate;
         let verdict = if self.config.allocator
             && trial_applies(
@@ -2186,6 +2201,9 @@ impl Worker {
                 }
                 gate_opened = !was_open;
                 gate_closings = gate.closings();
+                if gate_opened {
+                    room.last_gate_opening = Some(now);
+                }
             }
         }
         let mut subscribers = std::mem::take(&mut self.scratch);
@@ -2197,11 +2215,14 @@ impl Worker {
                 .filter(|k| *k != publisher),
         );
         // A layer the publisher (re)started changes what can be forwarded; a
-        // voice that starts takes its share of every subscriber's budget.
+        // voice that starts takes its share of every subscriber's budget,
+        // once the voices it may take over from no longer count: when
+        // speakers hand over, the old ones' last words came with this packet.
         if (came_back && is_video) || gate_opened {
             for &k in &subscribers {
                 if let Some(q) = self.participants.get_mut(k).and_then(|q| q.as_mut()) {
-                    q.allocation_due = true;
+                    let at = if gate_opened { now + VOICING } else { now };
+                    q.allocate_at = Some(q.allocate_at.map_or(at, |t| t.min(at)));
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use stamma_proto::MediaKind;
+use stamma_proto::{MediaKind, ServerSignal};
 use stamma_sfu::SfuConfig;
 use stamma_sfu::silence_gate::HANGOVER;
 use stamma_tests::netsim::{Links, NetSim, Publish, RxPacket, Video};
@@ -148,5 +148,122 @@ fn idle_microphones_leave_the_speakers_video_its_room() -> anyhow::Result<()> {
     eprintln!("speaker's video behind 700 kbit/s: {kbps:.0} kbit/s, longest gap {gap:?}");
     assert!(kbps >= 100.0, "the speaker's video got {kbps:.0} kbit/s");
     assert!(gap <= 500 * MS, "the speaker's video stopped for {gap:?}");
+    Ok(())
+}
+
+/// A speaker on camera talks throughout while three other voices hand over
+/// to three more every 2 s, as in a lively discussion, the first turn
+/// `offset` after 10 s of talk: what the subscriber behind `down_kbps` got
+/// of the speaker's video over the 12 s of turns: `track_paused` signals
+/// for it, the longest gap between its frames, and its layer switches.
+fn stage_through_turns(
+    down_kbps: u32,
+    offset: Duration,
+) -> anyhow::Result<(usize, Duration, usize)> {
+    let mut sim = NetSim::new(NetSim::config())?;
+    let speaker = sim.add_publisher(
+        Publish::video(Video::Simulcast).with_audio(),
+        Links::symmetric(5_000),
+    )?;
+    let mut voices = Vec::new();
+    for _ in 0..6 {
+        voices.push(sim.add_publisher(
+            Publish {
+                video: None,
+                audio: true,
+            },
+            Links::symmetric(5_000),
+        )?);
+    }
+    let sub = sim.add_subscriber(Links::new(5_000, down_kbps))?;
+    sim.settle(10 * SECOND)?;
+    sim.set_speaking(speaker, Some(-20));
+    for &v in &voices[..3] {
+        sim.set_speaking(v, Some(-40));
+    }
+    sim.run_for(10 * SECOND + offset)?;
+    let track = sim.video_track_id(speaker).expect("the speaker's video");
+    let from = sim.now();
+    for turn in 0..6 {
+        let (stop, start) = if turn % 2 == 0 {
+            (&voices[..3], &voices[3..])
+        } else {
+            (&voices[3..], &voices[..3])
+        };
+        for &v in stop {
+            sim.set_speaking(v, None);
+        }
+        for &v in start {
+            sim.set_speaking(v, Some(-40));
+        }
+        sim.run_for(2 * SECOND)?;
+    }
+    let to = sim.now();
+    let pauses = sim
+        .peer(sub)
+        .signals_where(
+            |s| matches!(s, ServerSignal::TrackPaused { track_id, .. } if *track_id == track),
+        )
+        .filter(|(at, _)| *at >= from)
+        .count();
+    let rx = sim.peer(sub).rx_track(&track);
+    let gap = rx.map_or(to - from, |t| t.max_frame_gap(from, to));
+    let switches = rx.map_or(0, |t| {
+        t.layer_timeline()
+            .iter()
+            .filter(|(at, _)| *at >= from)
+            .count()
+    });
+    Ok((pauses, gap, switches))
+}
+
+/// While three voices hand over to three others, the stopped ones send only
+/// silence: they are not counted against the speaker's video once the new
+/// ones started. Counted until their gates closed (600 ms of hangover),
+/// they took three more voices of the budget at every turn, and at
+/// 1.6 Mbit/s the speaker's video was paused once or twice in the 12 s, for
+/// 5-6 s, at three of the five phases of the turns against the worker's
+/// 100-ms tick tried here. The allocation a starting voice asks for waits
+/// until the stopped ones no longer count: run at once, it paused the
+/// video for 6 s at the 20-ms phase.
+///
+/// Each phase runs in a process of its own (this test binary, run again
+/// for this test alone): a simulation is repeatable as the first of its
+/// process, but one that follows another worker in the same process gets
+/// a different bandwidth estimate (the speaker's keyframes made it collapse
+/// to 160 kbit/s in the first seconds, before any turn). What carries over
+/// was not found; it is not the clock, certificates or hash-map keys.
+#[test]
+fn voices_handing_over_leave_the_speakers_video_flowing() -> anyhow::Result<()> {
+    const PHASE: &str = "STAMMA_TEST_TURN_PHASE_MS";
+    if let Ok(ms) = std::env::var(PHASE) {
+        let offset = ms.parse::<u32>()? * MS;
+        let (pauses, gap, switches) = stage_through_turns(1_600, offset)?;
+        eprintln!(
+            "turns shifted {offset:?}: the speaker's video paused {pauses} times, longest gap {gap:?}, {switches} layer switches"
+        );
+        assert_eq!(pauses, 0, "turns shifted {offset:?}: paused {pauses} times");
+        assert!(
+            gap <= 500 * MS,
+            "turns shifted {offset:?}: stopped for {gap:?}"
+        );
+        return Ok(());
+    }
+    for ms in (0..100).step_by(20) {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "voices_handing_over_leave_the_speakers_video_flowing",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(PHASE, ms.to_string())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprint!("{stderr}");
+        assert!(
+            out.status.success() && stderr.contains("turns shifted"),
+            "phase {ms} ms failed"
+        );
+    }
     Ok(())
 }
