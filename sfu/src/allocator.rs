@@ -289,9 +289,10 @@ impl IncreaseTrial {
             if now.saturating_duration_since(at) >= GRANT_PROBATION {
                 self.granted = None;
                 self.failed_grants = 0;
-            } else if goal < before + after.saturating_sub(before) / 2 {
+            } else if goal < before + after.saturating_sub(before) / 2 && estimate < after {
                 // More than half of it taken back (audio rates wander, so
-                // not "all of it").
+                // not "all of it"), by an estimate that no longer covers
+                // it: not a voice that started and took its share.
                 self.granted = None;
                 let wait = GRANT_BACKOFF
                     .saturating_mul(1 << self.failed_grants.min(8))
@@ -721,6 +722,10 @@ mod tests {
                 (3_500 + 2 * first - 1, 700, 250, 450, Withhold),
                 (3_500 + 2 * first, 700, 250, 450, Pad(450_000)),
                 (8_100, 700, 250, 450, Grant),
+                // Voices that start take their share, and the resume is
+                // paused again, but the link still carries it: no backoff.
+                (8_200, 700, 450, 320, Grant),
+                (8_300, 700, 320, 450, Pad(450_000)),
                 // This one holds through its probation: the count starts over...
                 (
                     8_100 + GRANT_PROBATION.as_millis() as u64,
