@@ -231,8 +231,10 @@ fn stage_through_turns(
 /// for this test alone): a simulation is repeatable as the first of its
 /// process, but one that follows another worker in the same process gets
 /// a different bandwidth estimate (the speaker's keyframes made it collapse
-/// to 160 kbit/s in the first seconds, before any turn). What carries over
-/// was not found; it is not the clock, certificates or hash-map keys.
+/// to 160 kbit/s in the first seconds, before any turn). Constructing a
+/// `Worker` before, never run, is enough; generating certificates, hash
+/// maps, reading the clock or sleeping is not. What carries over was not
+/// found.
 #[test]
 fn voices_handing_over_leave_the_speakers_video_flowing() -> anyhow::Result<()> {
     const PHASE: &str = "STAMMA_TEST_TURN_PHASE_MS";
