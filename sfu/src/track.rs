@@ -29,6 +29,18 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(1000);
 /// and once ran into its 30-s limit).
 pub const UNWATCHED_KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 
+/// Whom a requested keyframe reaches, which decides how often one may be
+/// asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeFor {
+    /// Subscribers that receive the layer now, or may: every one of them
+    /// pays for it ([`KEYFRAME_REQUEST_INTERVAL`]).
+    Receivers,
+    /// Only subscribers waiting to start the layer: nobody receives it now
+    /// ([`UNWATCHED_KEYFRAME_INTERVAL`]).
+    Waiters,
+}
+
 /// A layer that sent nothing for this long is treated as stopped (the
 /// publisher's own congestion control or dynacast turned it off).
 pub const LAYER_LIVE_TIMEOUT: Duration = Duration::from_millis(600);
@@ -149,13 +161,11 @@ impl Layer {
     }
 
     /// Whether a keyframe request may go to the publisher now; records it if
-    /// so, and otherwise remembers that one is owed. `unwatched`: nobody
-    /// receives the layer now.
-    pub fn allow_keyframe_request(&mut self, now: Instant, unwatched: bool) -> bool {
-        let interval = if unwatched {
-            UNWATCHED_KEYFRAME_INTERVAL
-        } else {
-            KEYFRAME_REQUEST_INTERVAL
+    /// so, and otherwise remembers that one is owed.
+    pub fn allow_keyframe_request(&mut self, now: Instant, reaches: KeyframeFor) -> bool {
+        let interval = match reaches {
+            KeyframeFor::Receivers => KEYFRAME_REQUEST_INTERVAL,
+            KeyframeFor::Waiters => UNWATCHED_KEYFRAME_INTERVAL,
         };
         match self.last_keyframe_request {
             Some(t) if now.saturating_duration_since(t) < interval => {
@@ -316,15 +326,19 @@ mod tests {
         let mut t = camera(&[]);
         let now = Instant::now();
         let l = &mut t.layers[0];
-        assert!(l.allow_keyframe_request(now, false));
-        assert!(!l.allow_keyframe_request(now + Duration::from_millis(100), false));
+        assert!(l.allow_keyframe_request(now, KeyframeFor::Receivers));
+        assert!(
+            !l.allow_keyframe_request(now + Duration::from_millis(100), KeyframeFor::Receivers)
+        );
         assert!(l.keyframe_pending);
         // A keyframe that arrives answers what was held back.
         l.keyframe_pending = false;
         l.keyframe_since_request = true;
-        assert!(!l.allow_keyframe_request(now + Duration::from_millis(150), false));
+        assert!(
+            !l.allow_keyframe_request(now + Duration::from_millis(150), KeyframeFor::Receivers)
+        );
         assert!(!l.keyframe_pending);
-        assert!(l.allow_keyframe_request(now + KEYFRAME_REQUEST_INTERVAL, false));
+        assert!(l.allow_keyframe_request(now + KEYFRAME_REQUEST_INTERVAL, KeyframeFor::Receivers));
         assert!(!l.keyframe_pending);
     }
 
@@ -333,16 +347,21 @@ mod tests {
         let mut t = camera(&[]);
         let now = Instant::now();
         let l = &mut t.layers[0];
-        assert!(l.allow_keyframe_request(now, false));
-        assert!(!l.allow_keyframe_request(now + UNWATCHED_KEYFRAME_INTERVAL / 2, true));
+        assert!(l.allow_keyframe_request(now, KeyframeFor::Receivers));
+        assert!(
+            !l.allow_keyframe_request(now + UNWATCHED_KEYFRAME_INTERVAL / 2, KeyframeFor::Waiters)
+        );
         let later = now + UNWATCHED_KEYFRAME_INTERVAL;
         assert!(
-            !l.allow_keyframe_request(later, false),
+            !l.allow_keyframe_request(later, KeyframeFor::Receivers),
             "a watched layer still waits"
         );
-        assert!(l.allow_keyframe_request(later, true));
+        assert!(l.allow_keyframe_request(later, KeyframeFor::Waiters));
         // Which restarts the interval for everyone.
-        assert!(!l.allow_keyframe_request(later + UNWATCHED_KEYFRAME_INTERVAL / 2, true));
+        assert!(!l.allow_keyframe_request(
+            later + UNWATCHED_KEYFRAME_INTERVAL / 2,
+            KeyframeFor::Waiters
+        ));
     }
 
     #[test]

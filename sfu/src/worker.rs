@@ -36,7 +36,7 @@ use crate::room::Room;
 use crate::send_backlog::SendBacklog;
 use crate::speaker::attenuation_db;
 use crate::subscription::{Subscription, SubscriptionState};
-use crate::track::{MAX_LAYERS, PACKET_OVERHEAD_BYTES, Track};
+use crate::track::{KeyframeFor, MAX_LAYERS, PACKET_OVERHEAD_BYTES, Track};
 
 mod admin;
 mod meeting;
@@ -833,7 +833,7 @@ impl Worker {
             ));
         }
         for (publisher, mid, layer) in keyframes {
-            self.request_keyframe(now, publisher, mid, layer, false);
+            self.request_keyframe(now, publisher, mid, layer, KeyframeFor::Receivers);
         }
     }
 
@@ -1000,7 +1000,7 @@ impl Worker {
             p.allocation_due = true;
         }
         for (publisher, mid, layer) in newly_active {
-            self.request_keyframe(now, publisher, mid, layer, false);
+            self.request_keyframe(now, publisher, mid, layer, KeyframeFor::Receivers);
         }
         self.maybe_offer(now, key);
     }
@@ -1282,7 +1282,7 @@ impl Worker {
             }
         }
         for &(key, mid, layer) in &owed {
-            self.request_keyframe(now, key, mid, layer, false);
+            self.request_keyframe(now, key, mid, layer, KeyframeFor::Receivers);
         }
         self.layer_scratch = owed;
     }
@@ -1600,7 +1600,7 @@ impl Worker {
         self.demand_slots = slots;
         self.alloc_out = out;
         for (publisher, mid, layer) in keyframes {
-            self.request_keyframe(now, publisher, mid, layer, false);
+            self.request_keyframe(now, publisher, mid, layer, KeyframeFor::Receivers);
         }
     }
 
@@ -1933,7 +1933,7 @@ impl Worker {
                     return;
                 };
                 let (publisher, mid) = (s.publisher, s.source_mid);
-                self.request_keyframe(now, publisher, mid, layer, false);
+                self.request_keyframe(now, publisher, mid, layer, KeyframeFor::Receivers);
             }
             // str0m counts NACKs per outgoing stream and reports the totals
             // every stats interval; count what is new since the last report.
@@ -1965,7 +1965,7 @@ impl Worker {
                     .collect();
                 p.allocation_due = true;
                 for (publisher, mid, layer) in wanted {
-                    self.request_keyframe(now, publisher, mid, layer, false);
+                    self.request_keyframe(now, publisher, mid, layer, KeyframeFor::Receivers);
                 }
             }
             Event::IceConnectionStateChange(state) => {
@@ -2052,17 +2052,15 @@ impl Worker {
     }
 
     /// Ask the publisher of `mid` for a keyframe on one layer, at most once
-    /// per [`crate::track::KEYFRAME_REQUEST_INTERVAL`] per layer (or
-    /// [`crate::track::UNWATCHED_KEYFRAME_INTERVAL`] while nobody receives
-    /// the layer: `unwatched`); a refused request is remembered and sent by
-    /// the tick when the interval is over.
+    /// per interval per layer (see [`KeyframeFor`]); a refused request is
+    /// remembered and sent by the tick when the interval is over.
     fn request_keyframe(
         &mut self,
         now: Instant,
         publisher: ParticipantKey,
         mid: Mid,
         layer: usize,
-        unwatched: bool,
+        reaches: KeyframeFor,
     ) {
         let Some(p) = self
             .participants
@@ -2075,7 +2073,7 @@ impl Worker {
         let Some(l) = t.layers.get_mut(layer) else {
             return;
         };
-        if !l.allow_keyframe_request(now, unwatched) {
+        if !l.allow_keyframe_request(now, reaches) {
             return;
         }
         let rid = l.rid;
@@ -2415,7 +2413,12 @@ impl Worker {
         }
         self.scratch = subscribers;
         if need_keyframe {
-            self.request_keyframe(now, publisher, mid, layer, !watched);
+            let reaches = if watched {
+                KeyframeFor::Receivers
+            } else {
+                KeyframeFor::Waiters
+            };
+            self.request_keyframe(now, publisher, mid, layer, reaches);
         }
     }
 }
