@@ -107,7 +107,13 @@ impl MediaPlane {
             );
             let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
             let gauges = Arc::new(WorkerGauges::default());
-            let worker = Worker::new(config.clone(), local_addr, candidate_addr, cert.clone());
+            let worker = Worker::new(
+                config.clone(),
+                local_addr,
+                candidate_addr,
+                cert.clone(),
+                Instant::now(),
+            );
             let g = gauges.clone();
             std::thread::Builder::new()
                 .name(format!("stamma-worker-{index}"))

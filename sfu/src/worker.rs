@@ -202,11 +202,18 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker whose clock starts at `now`: its first tick and allocation
+    /// round are due then. The core never reads the clock itself; reading
+    /// it here put the first tick a few microseconds after the caller's
+    /// start, more when the process first ran this code, and the netsim
+    /// result of a scenario then depended on what ran before it in the
+    /// process.
     pub fn new(
         config: SfuConfig,
         local_addr: SocketAddr,
         candidate_addr: SocketAddr,
         cert: DtlsCert,
+        now: Instant,
     ) -> Worker {
         Worker {
             config,
@@ -226,10 +233,10 @@ impl Worker {
             doomed: Vec::new(),
             stats: WorkerStats::default(),
             bwe_samples: Vec::new(),
-            next_tick: Instant::now(),
-            next_park_check: Instant::now(),
+            next_tick: now,
+            next_park_check: now,
             offers_due: false,
-            next_periodic_allocation: Instant::now(),
+            next_periodic_allocation: now,
             demands: Vec::new(),
             demand_slots: Vec::new(),
             alloc_order: Vec::new(),
@@ -2510,7 +2517,7 @@ mod sans_io_tests {
             max_participants_per_room: 2,
             ..SfuConfig::default()
         };
-        Worker::new(config, addr, addr, cert)
+        Worker::new(config, addr, addr, cert, Instant::now())
     }
 
     fn join(

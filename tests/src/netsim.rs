@@ -969,10 +969,11 @@ impl NetSim {
         let cert = dtls.generate_certificate().context("certificate")?;
         let peer_cert = dtls.generate_certificate().context("certificate")?;
         let server: SocketAddr = "198.18.0.1:7881".parse()?;
+        let t0 = Instant::now();
         Ok(NetSim {
-            t0: Instant::now(),
+            t0,
             now: Duration::ZERO,
-            worker: Worker::new(config, server, server, cert),
+            worker: Worker::new(config, server, server, cert, t0),
             server,
             peers: Vec::new(),
             peer_cert,

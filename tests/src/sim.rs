@@ -70,7 +70,7 @@ impl SimRoom {
             ..SfuConfig::default()
         };
         Ok(SimRoom {
-            worker: Worker::new(config, server, server, cert),
+            worker: Worker::new(config, server, server, cert, Instant::now()),
             server,
             peers: Vec::new(),
             frames: Vp8Frames::default(),

@@ -201,7 +201,7 @@ mod tests {
             media_timeout: Duration::from_secs(30),
             ..SfuConfig::default()
         };
-        Worker::new(config, addr, addr, cert)
+        Worker::new(config, addr, addr, cert, Instant::now())
     }
 
     fn join(w: &mut Worker, id: &str, room: &str, role: Role) -> mpsc::Receiver<ToParticipant> {
