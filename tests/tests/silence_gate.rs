@@ -151,22 +151,18 @@ fn idle_microphones_leave_the_speakers_video_its_room() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A speaker on camera talks throughout while three other voices hand over
-/// to three more every 2 s, as in a lively discussion, the first turn
-/// `offset` after 10 s of talk: what the subscriber behind `down_kbps` got
-/// of the speaker's video over the 12 s of turns: `track_paused` signals
-/// for it, the longest gap between its frames, and its layer switches.
-fn stage_through_turns(
-    down_kbps: u32,
-    offset: Duration,
-) -> anyhow::Result<(usize, Duration, usize)> {
+/// A speaker on camera talks throughout while `group` other voices hand
+/// over to `group` more every 2 s, as in a lively discussion, the first
+/// turn `offset` after 10 s of talk. What the subscriber behind `down_kbps`
+/// got of the speaker's video over the 12 s of turns.
+fn stage_through_turns(group: usize, down_kbps: u32, offset: Duration) -> anyhow::Result<Stage> {
     let mut sim = NetSim::new(NetSim::config())?;
     let speaker = sim.add_publisher(
         Publish::video(Video::Simulcast).with_audio(),
         Links::symmetric(5_000),
     )?;
     let mut voices = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..2 * group {
         voices.push(sim.add_publisher(
             Publish {
                 video: None,
@@ -178,7 +174,7 @@ fn stage_through_turns(
     let sub = sim.add_subscriber(Links::new(5_000, down_kbps))?;
     sim.settle(10 * SECOND)?;
     sim.set_speaking(speaker, Some(-20));
-    for &v in &voices[..3] {
+    for &v in &voices[..group] {
         sim.set_speaking(v, Some(-40));
     }
     sim.run_for(10 * SECOND + offset)?;
@@ -186,9 +182,9 @@ fn stage_through_turns(
     let from = sim.now();
     for turn in 0..6 {
         let (stop, start) = if turn % 2 == 0 {
-            (&voices[..3], &voices[3..])
+            (&voices[..group], &voices[group..])
         } else {
-            (&voices[3..], &voices[..3])
+            (&voices[group..], &voices[..group])
         };
         for &v in stop {
             sim.set_speaking(v, None);
@@ -207,47 +203,62 @@ fn stage_through_turns(
         .filter(|(at, _)| *at >= from)
         .count();
     let rx = sim.peer(sub).rx_track(&track);
-    let gap = rx.map_or(to - from, |t| t.max_frame_gap(from, to));
-    let switches = rx.map_or(0, |t| {
-        t.layer_timeline()
-            .iter()
-            .filter(|(at, _)| *at >= from)
-            .count()
-    });
-    Ok((pauses, gap, switches))
+    Ok(Stage {
+        pauses,
+        longest_gap: rx.map_or(to - from, |t| t.max_frame_gap(from, to)),
+        layer: rx.and_then(|t| t.layer_at(from)),
+        switches: rx.map_or(0, |t| {
+            t.layer_timeline()
+                .iter()
+                .filter(|(at, _)| *at >= from)
+                .count()
+        }),
+    })
 }
 
-/// While three voices hand over to three others, the stopped ones send only
+/// What a subscriber got of the speaker's video through the turns.
+#[derive(Debug)]
+struct Stage {
+    /// `track_paused` signals for it.
+    pauses: usize,
+    longest_gap: Duration,
+    /// The layer it received when the turns began (printed only).
+    #[allow(dead_code)]
+    layer: Option<u8>,
+    switches: usize,
+}
+
+/// While five voices hand over to five others, the stopped ones send only
 /// silence: they are not counted against the speaker's video once the new
-/// ones started. Counted until their gates closed (600 ms of hangover),
-/// they took three more voices of the budget at every turn, and at
-/// 1.6 Mbit/s the speaker's video was paused once or twice in the 12 s, for
-/// 5-6 s, at three of the five phases of the turns against the worker's
-/// 100-ms tick tried here. The allocation a starting voice asks for waits
-/// until the stopped ones no longer count: run at once, it paused the
-/// video for 6 s at the 20-ms phase.
+/// ones started. Behind 2.5 Mbit/s the subscriber gets the speaker's middle
+/// layer beside six voices; counted until their gates closed (600 ms of
+/// hangover), the stopped five took 320 kbit/s more of the budget at every
+/// turn, and in one sweep of ten phases of the turns against the worker's
+/// 100-ms tick the speaker's video switched layers at six and paused for
+/// 5.7-6.2 s at three (an up-switch's keyframe, then the estimate
+/// collapsed); with the handover, never in 35 runs. Without the wait for the allocation a
+/// starting voice asks for (until the stopped ones no longer count), the
+/// video paused for 7 s at the 40-ms phase.
 ///
 /// Each phase runs in a process of its own (this test binary, run again
-/// for this test alone): a simulation is repeatable as the first of its
-/// process, but one that follows another worker in the same process gets
-/// a different bandwidth estimate (the speaker's keyframes made it collapse
-/// to 160 kbit/s in the first seconds, before any turn). Constructing a
-/// `Worker` before, never run, is enough; generating certificates, hash
-/// maps, reading the clock or sleeping is not. What carries over was not
-/// found.
+/// for this test alone): as the first of its process a simulation varies
+/// little from run to run (here the longest gap, 50 or 204 ms), but ones
+/// after it in the same process vary much more (not found why). Three
+/// voices handing over behind 1.6 Mbit/s, as this test first had it, gave
+/// estimate collapses at eight or ten of ten phases with the handover or
+/// without: chaos, not the voice count.
 #[test]
 fn voices_handing_over_leave_the_speakers_video_flowing() -> anyhow::Result<()> {
     const PHASE: &str = "STAMMA_TEST_TURN_PHASE_MS";
     if let Ok(ms) = std::env::var(PHASE) {
         let offset = ms.parse::<u32>()? * MS;
-        let (pauses, gap, switches) = stage_through_turns(1_600, offset)?;
-        eprintln!(
-            "turns shifted {offset:?}: the speaker's video paused {pauses} times, longest gap {gap:?}, {switches} layer switches"
-        );
-        assert_eq!(pauses, 0, "turns shifted {offset:?}: paused {pauses} times");
+        let stage = stage_through_turns(5, 2_500, offset)?;
+        eprintln!("turns shifted {offset:?}: {stage:?}");
+        assert_eq!(stage.pauses, 0, "turns shifted {offset:?}: {stage:?}");
+        assert_eq!(stage.switches, 0, "turns shifted {offset:?}: {stage:?}");
         assert!(
-            gap <= 500 * MS,
-            "turns shifted {offset:?}: stopped for {gap:?}"
+            stage.longest_gap <= 500 * MS,
+            "turns shifted {offset:?}: {stage:?}"
         );
         return Ok(());
     }
