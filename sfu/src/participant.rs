@@ -82,8 +82,9 @@ pub struct Participant {
     pub video_wanted_bps: u64,
     /// Subscriptions, settings or the estimate changed: allocate again.
     pub allocation_due: bool,
-    /// Allocate again at the first tick from this time (a voice started:
-    /// see `VOICING`).
+    /// Allocate again at the first tick from this time: at once when a
+    /// video layer came back, 60 ms on when a voice started (see
+    /// `VOICING`). While it is set, `allocation_due` waits for it.
     pub allocate_at: Option<Instant>,
     /// The desired rate last given to str0m's estimator.
     pub bwe_desired: u64,
