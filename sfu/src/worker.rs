@@ -203,11 +203,10 @@ pub struct Worker {
 
 impl Worker {
     /// A worker whose clock starts at `now`: its first tick and allocation
-    /// round are due then. The core never reads the clock itself; reading
+    /// round are due then. The core never reads the clock itself: reading
     /// it here put the first tick a few microseconds after the caller's
-    /// start, more when the process first ran this code, and the netsim
-    /// result of a scenario then depended on what ran before it in the
-    /// process.
+    /// start (more when the process first ran this code), which alone
+    /// changed netsim results, depending on what ran before in the process.
     pub fn new(
         config: SfuConfig,
         local_addr: SocketAddr,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use stamma_proto::{MediaKind, ServerSignal};
 use stamma_sfu::SfuConfig;
 use stamma_sfu::silence_gate::HANGOVER;
-use stamma_tests::netsim::{Links, NetSim, Publish, RxPacket, Video};
+use stamma_tests::netsim::{Links, NetSim, PeerId, Publish, RxPacket, Video};
 
 const SECOND: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -104,27 +104,40 @@ fn with_the_gate_off_silence_is_forwarded() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a subscriber behind `down_kbps` receives of a speaker's video in a
-/// room where ten more microphones are open and idle (sending silence at
-/// 50 packets a second, as clients without DTX do): kbit/s over the last
-/// 5 s of 20, and the longest gap between its frames then.
-fn speaker_video_among_idle_microphones(down_kbps: u32) -> anyhow::Result<(f64, Duration)> {
+/// A settled room: a speaker with a simulcast camera and a microphone,
+/// `microphones` more publishers with only a microphone (all silent), and
+/// a subscriber behind `down_kbps`. Returns the simulation, the speaker,
+/// the microphones and the subscriber.
+fn speaker_among_microphones(
+    microphones: usize,
+    down_kbps: u32,
+) -> anyhow::Result<(NetSim, PeerId, Vec<PeerId>, PeerId)> {
     let mut sim = NetSim::new(NetSim::config())?;
     let speaker = sim.add_publisher(
         Publish::video(Video::Simulcast).with_audio(),
         Links::symmetric(5_000),
     )?;
-    for _ in 0..10 {
-        sim.add_publisher(
+    let mut voices = Vec::new();
+    for _ in 0..microphones {
+        voices.push(sim.add_publisher(
             Publish {
                 video: None,
                 audio: true,
             },
             Links::symmetric(5_000),
-        )?;
+        )?);
     }
     let sub = sim.add_subscriber(Links::new(5_000, down_kbps))?;
     sim.settle(10 * SECOND)?;
+    Ok((sim, speaker, voices, sub))
+}
+
+/// What a subscriber behind `down_kbps` receives of a speaker's video in a
+/// room where ten more microphones are open and idle (sending silence at
+/// 50 packets a second, as clients without DTX do): kbit/s over the last
+/// 5 s of 20, and the longest gap between its frames then.
+fn speaker_video_among_idle_microphones(down_kbps: u32) -> anyhow::Result<(f64, Duration)> {
+    let (mut sim, speaker, _, sub) = speaker_among_microphones(10, down_kbps)?;
     sim.set_speaking(speaker, Some(-30));
     sim.run_for(20 * SECOND)?;
     let to = sim.now();
@@ -156,23 +169,7 @@ fn idle_microphones_leave_the_speakers_video_its_room() -> anyhow::Result<()> {
 /// turn `offset` after 10 s of talk. What the subscriber behind `down_kbps`
 /// got of the speaker's video over the 12 s of turns.
 fn stage_through_turns(group: usize, down_kbps: u32, offset: Duration) -> anyhow::Result<Stage> {
-    let mut sim = NetSim::new(NetSim::config())?;
-    let speaker = sim.add_publisher(
-        Publish::video(Video::Simulcast).with_audio(),
-        Links::symmetric(5_000),
-    )?;
-    let mut voices = Vec::new();
-    for _ in 0..2 * group {
-        voices.push(sim.add_publisher(
-            Publish {
-                video: None,
-                audio: true,
-            },
-            Links::symmetric(5_000),
-        )?);
-    }
-    let sub = sim.add_subscriber(Links::new(5_000, down_kbps))?;
-    sim.settle(10 * SECOND)?;
+    let (mut sim, speaker, voices, sub) = speaker_among_microphones(2 * group, down_kbps)?;
     sim.set_speaking(speaker, Some(-20));
     for &v in &voices[..group] {
         sim.set_speaking(v, Some(-40));
