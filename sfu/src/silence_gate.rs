@@ -7,7 +7,7 @@
 //! packet goes to every subscriber. Measured with the load tester on two
 //! cores (`meeting-50 --simulcast`, 30 s): without the gate the server
 //! forwarded 21,500 packets/s at 45 % of a core; with it 13,900-15,200 at
-//! 26-32 %, for as much video (the README's Capacity section).
+//! 26-32 %, for as much video (docs/measurements.md, Capacity).
 //!
 //! The gate is judged once per packet of a published audio track, from the
 //! RFC 6464 level in the RTP header (in the clear also with end-to-end

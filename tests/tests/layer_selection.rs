@@ -24,7 +24,7 @@ fn subscriber_switches_to_low_layer_when_bandwidth_drops_and_back_when_it_recove
     sim.settle(10 * SECOND)?;
     // The drop comes at 8 s; STAMMA_TEST_DROP_OFFSET_MS moves it later, to
     // see how much the outcome depends on where in str0m's estimator cycle
-    // it lands (it does: see the README's Allocator section).
+    // it lands (it does: see docs/measurements.md, Allocator section).
     let offset = std::env::var("STAMMA_TEST_DROP_OFFSET_MS")
         .ok()
         .and_then(|v| v.parse().ok())
