@@ -244,8 +244,8 @@ pub const TRIAL_FREE_OF_ESTIMATE_PCT: u64 = 10;
 /// below the goal before any keyframe is spent. Measured, it does less
 /// than that argument promises: a third fewer resumes and a shorter
 /// latency tail, but the estimate still often falls after a granted resume
-/// (docs/measurements.md, Allocator section). So a granted increase stays on probation
-/// for [`GRANT_PROBATION`]; taken back within it, the next waits
+/// (docs/measurements.md, Allocator section). So a granted increase stays
+/// on probation for [`GRANT_PROBATION`]; taken back within it, the next waits
 /// [`GRANT_BACKOFF`], doubling with each failure in a row.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IncreaseTrial {
